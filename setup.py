@@ -1,0 +1,59 @@
+"""fst_jax: Fast-Slow Training (CISPO slow weights + GEPA fast weights) in JAX."""
+
+from setuptools import find_packages, setup
+
+# Lower bounds are the versions measured to work together on Python 3.11 (shared/research/env.md).
+INSTALL_REQUIRES = [
+    "jax[cpu]>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "transformers>=5.24.0",
+    "tokenizers>=0.23.3",
+    "safetensors>=0.8.0",
+    "gguf>=0.19.0",
+    "datasets>=5.2.0",
+    "tensorflow-datasets>=4.9.10",
+    "importlib_resources>=6.0",  # tfds' array_record path needs it without TensorFlow
+    "openai>=3.57.0",
+    "absl-py>=2.5.1",
+    "ml-collections>=1.1.0",
+    "numpy>=2.4.6",
+    "jinja2>=3.1",
+    "math-verify>=0.9.0",
+    "tensorboardX>=2.6.5",
+    "matplotlib>=3.11",
+    "scipy>=1.18",
+    "tqdm>=4.70",
+]
+
+TEST_REQUIRES = [
+    "pytest>=9.2.0",
+    "pytest-timeout>=2.4.0",
+    "ruff==0.17.5",
+    # Peer oracles: the package itself never imports torch.
+    "torch==2.13.0",
+    "accelerate>=1.15.0",
+    "gepa==0.1.4",
+    "reasoning-gym==0.1.25",
+    "nbclient>=0.11.0",
+    "nbformat>=5.11",
+    "ipykernel>=7.0",
+]
+
+setup(
+    name="fst_jax",
+    version="0.1.0",
+    description="Fast-Slow Training: RL on weights (CISPO) + GEPA prompt evolution, in JAX",
+    packages=find_packages(include=["fst_jax", "fst_jax.*"]),
+    package_data={"fst_jax": ["**/*.txt", "**/*.json", "**/*.jsonl", "**/*.jinja", "**/*.md"]},
+    include_package_data=True,
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": TEST_REQUIRES,
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "data": ["reasoning-gym==0.1.25"],
+    },
+    entry_points={"console_scripts": ["fst-train=fst_jax.main:run"]},
+)
