@@ -193,7 +193,7 @@ class Attention(nn.Module):
         return o_proj(out, "bthk,hkd->btd"), new_cache
 
 
-class MLP(nn.Module):
+class FeedForward(nn.Module):
     config: ModelConfig
 
     @nn.compact
@@ -220,7 +220,7 @@ class DecoderLayer(nn.Module):
         )
         x = x + attn
         h = RMSNorm(cfg, cfg.hidden_size, name="post_attention_layernorm")(x)
-        x = x + MLP(cfg, name="mlp")(h)
+        x = x + FeedForward(cfg, name="mlp")(h)
         return x, new_cache
 
 
