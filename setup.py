@@ -23,7 +23,7 @@ INSTALL_REQUIRES = [
     "math-verify>=0.9.0",
     "tensorboardX>=2.6.5",
     "matplotlib>=3.11",
-    "scipy>=1.18",
+    "scipy>=1.17",
     "tqdm>=4.70",
 ]
 
