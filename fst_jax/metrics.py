@@ -1,0 +1,205 @@
+"""Run metrics: JSONL is the source of truth, TensorBoard is a view of it.
+
+Every record is one JSON object per line: ``{"step": int, "time": float, "<group>/<name>": value}``.
+Names follow what verl/TRL users read (``train/loss``, ``train/entropy``, ``train/grad_norm``,
+``train/kl``, ``rollout/reward_mean``, ``val/mean@4``, ``val/mean@4_running_max``,
+``val/kl_to_base``) plus ``gepa/*`` for the fast-weight channel. Only process 0 writes; other
+processes get a writer whose methods are no-ops, so the controller never branches on rank.
+
+Resuming: the controller stores :meth:`MetricsWriter.offset` (bytes of JSONL written) in each
+checkpoint; on resume :func:`truncate_jsonl` cuts the file back to that offset, so the file of a
+resumed run is byte-for-byte the metric stream an uninterrupted run would have written (wall-clock
+fields aside).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tensorboard"
+
+# Names other modules log under; kept here so dashboards and notebooks agree on spelling.
+TRAIN_LOSS = "train/loss"
+TRAIN_ENTROPY = "train/entropy"
+TRAIN_GRAD_NORM = "train/grad_norm"
+TRAIN_KL = "train/kl"
+REWARD_MEAN = "rollout/reward_mean"
+VAL_MEAN = "val/mean@{k}"
+VAL_MEAN_RUNNING_MAX = "val/mean@{k}_running_max"
+VAL_MEAN_NO_CONTEXT = "val/mean@{k}_no_context"
+VAL_KL_TO_BASE = "val/kl_to_base"
+# Fields that differ between two otherwise identical runs (excluded by `comparable_records`).
+WALL_CLOCK_KEYS = ("time",)
+
+
+def _to_builtin(value: Any) -> Any:
+    """Converts numpy/jax scalars to JSON builtins; non-finite floats become strings JSON accepts."""
+    if isinstance(value, Mapping):
+        return {str(k): _to_builtin(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_builtin(v) for v in value]
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        arr = np.asarray(value)
+        if arr.ndim == 0:
+            value = arr.item()
+        else:
+            return [_to_builtin(v) for v in arr.tolist()]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan" / "inf": valid JSON, and visible rather than dropped
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    raise TypeError(
+        f"metric value {value!r} of type {type(value).__name__} is not JSON-serialisable; "
+        "log numbers, strings, or lists of them"
+    )
+
+
+class MetricsWriter:
+    """Appends metric records to ``<workdir>/metrics.jsonl`` and mirrors scalars to TensorBoard.
+
+    Args:
+      workdir: run directory (created if needed).
+      enabled: whether this process writes; default ``jax.process_index() == 0``.
+      tensorboard: also write TensorBoard event files under ``<workdir>/tensorboard``.
+      resume_step: when resuming, TensorBoard events with a step above this are purged so curves
+        do not double back (the JSONL is cut separately with :func:`truncate_jsonl`).
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        enabled: bool | None = None,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+    ) -> None:
+        if enabled is None:
+            import jax
+
+            enabled = jax.process_index() == 0
+        self.enabled = enabled
+        self.path = Path(workdir) / METRICS_FILE
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(Path(workdir) / TB_DIR), purge_step=purge)
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """Writes one record; returns it (with builtins) so callers can also print it."""
+        record = {"step": int(step), "time": time.time(), **_to_builtin(dict(metrics))}
+        for key in record:
+            if key not in ("step", "time") and "/" not in key:
+                raise ValueError(
+                    f"metric name {key!r} has no group prefix; use names like 'train/{key}' "
+                    "so TensorBoard and the notebooks group it"
+                )
+        if not self.enabled:
+            return record
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key in ("step", "time"):
+                    continue
+                if isinstance(value, bool | int | float):
+                    self._tb.add_scalar(key, float(value), int(step))
+            self._tb.flush()
+        return record
+
+    def offset(self) -> int:
+        """Bytes written to the JSONL so far (stored in checkpoints to make resume exact)."""
+        if not self.enabled:
+            return 0
+        self._file.flush()
+        return self._file.tell()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def truncate_jsonl(path: str | os.PathLike, offset: int) -> None:
+    """Cuts the metrics file back to ``offset`` bytes (records written after a checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        if offset:
+            raise FileNotFoundError(
+                f"{path} is missing but the checkpoint says {offset} bytes of metrics were "
+                "written; restore the file or start a fresh --workdir"
+            )
+        return
+    size = path.stat().st_size
+    if size < offset:
+        raise ValueError(
+            f"{path} has {size} bytes but the checkpoint recorded {offset}; the metrics file "
+            "was truncated or replaced. Restore it or start a fresh --workdir"
+        )
+    with open(path, "r+b") as f:
+        f.truncate(offset)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Reads a run's records; ``path`` is a workdir or a JSONL file. Bad lines are an error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no metrics at {path}; pass a workdir written by fst-train")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{path}:{lineno} is not valid JSON ({e}); the file is corrupt"
+                ) from e
+    return records
+
+
+def series(records: Iterable[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of every record holding ``key``, in file order."""
+    steps, values = [], []
+    for r in records:
+        if key in r:
+            steps.append(r["step"])
+            values.append(float(r[key]))
+    return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
+
+
+def comparable_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Records without wall-clock fields, for comparing a resumed run with an uninterrupted one."""
+    out = []
+    for r in records:
+        out.append(
+            {k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS and not k.startswith("time/")}
+        )
+    return out
