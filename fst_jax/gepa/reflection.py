@@ -1,0 +1,389 @@
+"""Reflective mutation: the meta-prompt, reply extraction, reflection-LM backends and their registry.
+
+A reflection LM turns (current context, examples with rollouts and verifier feedback) into an
+edited context. Backends are chosen by name (`openai`, `local`). The `Reflector` owns the policy
+around a backend: a request-keyed reply cache kept in the population state (a resumed run never
+pays twice), content checks (empty / unfenced / truncated / over-long / identical replies are
+retried with a corrective follow-up, then the proposal is skipped and counted), and multi-host
+lockstep (only the leader calls the LM; the outcome is broadcast). A reply is data: it is only
+ever parsed as text, never executed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from fst_jax.gepa.multihost import Lockstep
+
+FENCE = "```"
+PLACEHOLDERS = ("<curr_param>", "<side_info>", "<edit_request>")
+EDIT_MODES = ("incremental", "rewrite")
+
+
+def _prompt_file(name: str) -> str:
+    return (
+        importlib.resources.files("fst_jax.gepa")
+        .joinpath("prompts", name)
+        .read_text(encoding="utf-8")
+    )
+
+
+def load_template(path: str | None = None) -> str:
+    """The meta-prompt template: our packaged `prompts/reflection.md`, or a user file."""
+    if path is None:
+        text = _prompt_file("reflection.md")
+    else:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    missing = [p for p in PLACEHOLDERS if p not in text]
+    if missing:
+        raise ValueError(
+            f"reflection template {path or 'reflection.md'} lacks placeholder(s) {missing}; it must contain "
+            f"{', '.join(PLACEHOLDERS)} (see fst_jax/gepa/prompts/reflection.md)."
+        )
+    return text
+
+
+def _render_value(value: Any, level: int) -> str:
+    if isinstance(value, Mapping):
+        return (
+            "".join(
+                f"{'#' * level} {k}\n{_render_value(v, min(level + 1, 6))}"
+                for k, v in value.items()
+            )
+            or "\n"
+        )
+    if isinstance(value, list | tuple):
+        parts = [
+            f"{'#' * level} Item {i + 1}\n{_render_value(v, min(level + 1, 6))}"
+            for i, v in enumerate(value)
+        ]
+        return "".join(parts) or "\n"
+    return f"{str(value).strip()}\n\n"
+
+
+def render_records(records: Sequence[Mapping[str, Any]]) -> str:
+    """Examples as Markdown (`# Example n`, `## <key>`, nested headers), as GEPA renders them."""
+    out = []
+    for n, rec in enumerate(records, 1):
+        out.append(
+            f"# Example {n}\n" + "".join(f"## {k}\n{_render_value(v, 3)}" for k, v in rec.items())
+        )
+    return "\n\n".join(out)
+
+
+def render_meta_prompt(
+    current: str,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    edit_mode: str = "incremental",
+    template: str | None = None,
+) -> str:
+    if edit_mode not in EDIT_MODES:
+        raise ValueError(f"edit_mode must be one of {EDIT_MODES}, got {edit_mode!r}.")
+    template = template if template is not None else load_template()
+    edit = _prompt_file(f"edit_{edit_mode}.md").strip()
+    # Substitute the examples last so text inside them is never mistaken for a placeholder.
+    return (
+        template.replace("<edit_request>", edit)
+        .replace("<curr_param>", current)
+        .replace("<side_info>", render_records(records))
+    )
+
+
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_LANG_TAG = re.compile(r"^[^\s`]*\n")
+
+
+def extract_context(reply: str | None) -> tuple[str | None, str | None]:
+    """(new context, None) or (None, fault) where fault is 'empty' or 'unfenced'.
+
+    Takes the text between the first and the last ``` (so fences inside the context survive),
+    drops a language tag on the opening line, and ignores <think> sections.
+    """
+    if reply is None or not reply.strip():
+        return None, "empty"
+    text = _THINK.sub("", reply)
+    start, end = text.find(FENCE), text.rfind(FENCE)
+    if start < 0 or end <= start:
+        return None, "unfenced"
+    body = text[start + len(FENCE) : end]
+    m = _LANG_TAG.match(body)
+    if m:
+        body = body[m.end() :]
+    body = body.strip()
+    return (body, None) if body else (None, "empty")
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends.
+
+
+class ReflectionLMError(RuntimeError):
+    """A transient backend failure that outlived the retry policy; the proposal is skipped."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class LMReply:
+    text: str | None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ReflectionLM(Protocol):
+    """What the Reflector needs from a backend."""
+
+    usage: dict[str, int]
+
+    def fingerprint(self) -> str:
+        """Identity of the model and decoding settings; part of every cache key."""
+        ...
+
+    def complete(self, messages: list[dict[str, str]]) -> LMReply:
+        """One chat completion; raises ReflectionLMError once retries are exhausted."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., ReflectionLM]] = {}
+
+
+def register_reflection_lm(
+    name: str,
+) -> Callable[[Callable[..., ReflectionLM]], Callable[..., ReflectionLM]]:
+    def deco(factory: Callable[..., ReflectionLM]) -> Callable[..., ReflectionLM]:
+        if name in _REGISTRY:
+            raise ValueError(f"reflection LM {name!r} is already registered.")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def get_reflection_lm(name: str, **kwargs: Any) -> ReflectionLM:
+    """Build a registered backend by name (`openai`, `local`, or one you registered)."""
+    if name == "openai" and name not in _REGISTRY:
+        import fst_jax.gepa.openai_lm  # noqa: F401  (registers itself)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown reflection LM {name!r}; registered: {list_reflection_lms()}.")
+    return _REGISTRY[name](**kwargs)
+
+
+def list_reflection_lms() -> list[str]:
+    import fst_jax.gepa.openai_lm  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+class LocalReflectionLM:
+    """Wraps `generate(conversations) -> replies`, e.g. fst_jax's sampler on a frozen local model."""
+
+    def __init__(
+        self, generate: Callable[[list[list[dict[str, str]]]], list[str]], *, name: str = "local"
+    ) -> None:
+        if not callable(generate):
+            raise TypeError(
+                "LocalReflectionLM needs a callable generate(list of chat message lists) -> list[str]."
+            )
+        self.generate = generate
+        self.name = name
+        self.usage: dict[str, int] = {
+            "requests": 0,
+            "retries": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+        }
+
+    def fingerprint(self) -> str:
+        return f"local:{self.name}"
+
+    def complete(self, messages: list[dict[str, str]]) -> LMReply:
+        self.usage["requests"] += 1
+        replies = self.generate([messages])
+        if not isinstance(replies, list | tuple) or len(replies) != 1:
+            raise TypeError(
+                f"generate() must return one reply per conversation; got {replies!r:.200}."
+            )
+        return LMReply(text=replies[0], finish_reason=None)
+
+
+@register_reflection_lm("local")
+def _make_local(
+    generate: Callable[..., list[str]] | None = None, *, name: str = "local", **sampler_kwargs: Any
+):
+    if generate is not None:
+        return LocalReflectionLM(generate, name=name)
+    from fst_jax.gepa.local_lm import local_reflection_lm_from_sampler
+
+    return local_reflection_lm_from_sampler(name=name, **sampler_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Reflector: cache + content policy + lockstep around a backend.
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposalOutcome:
+    text: str | None
+    skip_reason: str | None
+    attempts: int
+    cache_hits: int
+    raw_replies: tuple[str, ...] = ()
+
+
+def request_key(fingerprint: str, messages: Sequence[Mapping[str, str]], salt: str = "") -> str:
+    """Cache key of one request. `salt` names the request's place in the run (round, iteration), so
+    asking the same question at a later iteration samples afresh, while replaying it hits the cache."""
+    blob = json.dumps(
+        [fingerprint, salt, [dict(m) for m in messages]], sort_keys=True, ensure_ascii=False
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+_USAGE_KEYS = ("requests", "retries", "prompt_tokens", "completion_tokens")
+
+
+class Reflector:
+    """Proposes an edited context for a parent from its reflective records."""
+
+    def __init__(
+        self,
+        lm: ReflectionLM | None,
+        *,
+        edit_mode: str = "incremental",
+        template: str | None = None,
+        max_context_chars: int = 8000,
+        content_retries: int = 1,
+        lockstep: Lockstep | None = None,
+        cache_path: str | None = None,
+    ) -> None:
+        self.lockstep = lockstep or Lockstep()
+        if lm is None and self.lockstep.is_leader:
+            raise ValueError("process 0 needs a reflection LM; pass one (see get_reflection_lm).")
+        if content_retries < 0 or max_context_chars < 1:
+            raise ValueError("content_retries must be >= 0 and max_context_chars >= 1.")
+        self.lm = lm
+        self.edit_mode = edit_mode
+        self.template = template if template is not None else load_template()
+        self.max_context_chars = max_context_chars
+        self.content_retries = content_retries
+        self._retry_note = _prompt_file("retry.md").strip()
+        # Optional write-through JSONL copy of the reply cache (leader only): survives a crash that
+        # loses the in-memory state between checkpoints, so a restarted run replays for free.
+        self.cache_path = cache_path
+        self._file_cache: dict[str, dict[str, Any]] = {}
+        if cache_path is not None and self.lockstep.is_leader and os.path.exists(cache_path):
+            with open(cache_path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        rec = json.loads(line)
+                        self._file_cache[rec["key"]] = rec["entry"]
+
+    def _remember(self, key: str, entry: dict[str, Any]) -> None:
+        self._file_cache[key] = entry
+        if self.cache_path is not None:
+            with open(self.cache_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "entry": entry}, ensure_ascii=False) + "\n")
+
+    def _check(self, entry: Mapping[str, Any], parent: str) -> tuple[str | None, str | None]:
+        text, fault = extract_context(entry.get("text"))
+        if fault is None and entry.get("finish_reason") == "length":
+            fault = "truncated"
+        if fault is None and len(text) > self.max_context_chars:
+            fault = "too_long"
+        if fault is None and text.strip() == parent.strip():
+            fault = "identical"
+        return (text, None) if fault is None else (None, fault)
+
+    def _leader_propose(
+        self, cache: Mapping[str, Any], state_round: int, salt: str, parent: str, records
+    ):
+        messages = [
+            {
+                "role": "user",
+                "content": render_meta_prompt(
+                    parent, records, edit_mode=self.edit_mode, template=self.template
+                ),
+            }
+        ]
+        new_cache: dict[str, dict[str, Any]] = {}
+        before = {k: self.lm.usage.get(k, 0) for k in _USAGE_KEYS}
+        hits, raws, fault, text = 0, [], None, None
+        attempts = 0
+        for _ in range(self.content_retries + 1):
+            attempts += 1
+            key = request_key(self.lm.fingerprint(), messages, salt)
+            entry = cache.get(key) or new_cache.get(key) or self._file_cache.get(key)
+            if entry is not None:
+                hits += 1
+            else:
+                try:
+                    reply = self.lm.complete(messages)
+                except ReflectionLMError as e:
+                    fault = f"lm_{e.reason}"
+                    break
+                entry = {
+                    "text": reply.text,
+                    "finish_reason": reply.finish_reason,
+                    "round": int(state_round),
+                }
+                self._remember(key, entry)
+            new_cache[key] = entry
+            raws.append(entry.get("text") or "")
+            text, fault = self._check(entry, parent)
+            if fault is None:
+                break
+            note = self._retry_note.replace("<reason>", _FAULT_WORDS[fault])
+            messages = [
+                *messages,
+                {"role": "assistant", "content": entry.get("text") or ""},
+                {"role": "user", "content": note},
+            ]
+        usage = {k: self.lm.usage.get(k, 0) - before[k] for k in _USAGE_KEYS}
+        usage["cache_hits"] = hits
+        outcome = {
+            "text": text,
+            "skip_reason": fault,
+            "attempts": attempts,
+            "cache_hits": hits,
+            "raw": raws,
+        }
+        return {"outcome": outcome, "new_cache": new_cache, "usage": usage}
+
+    def propose(
+        self, state: Any, parent: str, records: Sequence[Mapping[str, Any]], *, salt: str = ""
+    ) -> ProposalOutcome:
+        """Lockstep-safe: every process returns the same outcome and applies the same state update."""
+        payload = (
+            self._leader_propose(state.lm_cache, state.rounds, salt, parent, records)
+            if self.lockstep.is_leader
+            else None
+        )
+        payload = self.lockstep.broadcast(payload)
+        state.lm_cache.update(payload["new_cache"])
+        for k, v in payload["usage"].items():
+            state.bump(f"lm_{k}", int(v))
+        o = payload["outcome"]
+        return ProposalOutcome(
+            o["text"], o["skip_reason"], o["attempts"], o["cache_hits"], tuple(o["raw"])
+        )
+
+
+_FAULT_WORDS = {
+    "empty": "the reply was empty",
+    "unfenced": "the new context was not inside a ``` block",
+    "truncated": "the reply was cut off at the length limit",
+    "too_long": "the new context was longer than allowed",
+    "identical": "the new context was identical to the current one",
+}

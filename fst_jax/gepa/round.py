@@ -1,0 +1,301 @@
+"""One budgeted GEPA round on the frozen policy (paper §1.6 / §4).
+
+GEPA never touches JAX. It scores contexts through an evaluation callback
+
+    evaluate(candidate_ids: list[int], example_ids: list[str])
+        -> (scores: list[float], feedbacks: list[str], rollout_texts: list[str])
+
+where the two input lists have equal length and are zipped: entry j asks for one rollout of
+example `example_ids[j]` under the context of pool candidate `candidate_ids[j]` (its text is
+`state.candidates[cid].text`), and entry j of each output belongs to that pair. The controller
+implements it with one sampler call for all pairs. Every pair is one metric call of the budget.
+
+Round: re-score the carried candidates on the anchor set (charged to the budget or not, per
+`GepaConfig.rescore_budget`), then iterate: select a parent by Pareto frequency → evaluate it on
+a minibatch → skip if perfect → reflect → evaluate the child on the same minibatch → accept on a
+strict improvement of the minibatch sum → score the child on the anchor set → update the fronts.
+An iteration starts only if its worst-case cost (2·minibatch + |anchors|) still fits the budget,
+so a round never exceeds its budget. Merge is not offered: with a single component (the context)
+a GEPA merge can only reproduce one of its parents' texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+
+from fst_jax.gepa.population import PopulationState
+from fst_jax.gepa.reflection import Reflector
+
+EvaluateFn = Callable[[list[int], list[str]], tuple[list[float], list[str], list[str]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GepaConfig:
+    """GEPA knobs; defaults are the `gepa` package's (minibatch 3, strict acceptance, perfect 1.0)."""
+
+    minibatch_size: int = 3
+    perfect_score: float = 1.0
+    skip_perfect_score: bool = True
+    acceptance: str = "strict_improvement"  # or "improvement_or_equal"
+    candidate_selection: str = "pareto"  # or "current_best"
+    rescore_budget: str = (
+        "separate"  # "separate" (SHIP) or "shared" (re-scoring counts against the budget)
+    )
+    # Which pool members a round re-scores and evolves: "exported" (the last export_top_k set: the
+    # paper's Φ ← top-K), "all" (the whole pool), or an int k (the first k of the last export).
+    carry: str | int = "exported"
+    max_rollout_chars: int = 4000  # per example in the reflective dataset
+
+    def __post_init__(self) -> None:
+        if self.acceptance not in ("strict_improvement", "improvement_or_equal"):
+            raise ValueError(
+                f"acceptance must be 'strict_improvement' or 'improvement_or_equal', got {self.acceptance!r}."
+            )
+        if self.rescore_budget not in ("separate", "shared"):
+            raise ValueError(
+                f"rescore_budget must be 'separate' or 'shared', got {self.rescore_budget!r}."
+            )
+        if self.candidate_selection not in ("pareto", "current_best"):
+            raise ValueError(
+                f"candidate_selection must be 'pareto' or 'current_best', got {self.candidate_selection!r}."
+            )
+        if self.minibatch_size < 1:
+            raise ValueError(f"minibatch_size must be >= 1, got {self.minibatch_size}.")
+        if not (
+            self.carry in ("exported", "all") or (isinstance(self.carry, int) and self.carry >= 1)
+        ):
+            raise ValueError(f"carry must be 'exported', 'all' or an int >= 1, got {self.carry!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class IterationRecord:
+    iteration: int
+    parent: int
+    minibatch: list[str]
+    parent_scores: list[float]
+    child_scores: list[float] | None
+    decision: str  # accepted | rejected | skipped_perfect | skipped_lm
+    child: int | None = None
+    skip_reason: str | None = None
+
+
+@dataclasses.dataclass
+class RoundReport:
+    cycle: int
+    budget: int
+    rescored: list[int]
+    rescore_calls: int
+    rescore_charged: bool
+    calls_used: int  # charged against `budget` (includes re-scoring when rescore_budget='shared')
+    total_calls: int  # every rollout requested this round
+    iterations: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    skipped_perfect: int = 0
+    skipped_lm: int = 0
+    skip_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    new_candidates: list[int] = dataclasses.field(default_factory=list)
+    records: list[IterationRecord] = dataclasses.field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat scalars for the metrics stream."""
+        m = {
+            k: float(getattr(self, k))
+            for k in ("calls_used", "total_calls", "rescore_calls", "iterations")
+        }
+        m.update(
+            {
+                k: float(getattr(self, k))
+                for k in ("accepted", "rejected", "skipped_perfect", "skipped_lm")
+            }
+        )
+        m.update({f"skip/{k}": float(v) for k, v in self.skip_reasons.items()})
+        return m
+
+
+def _checked_evaluate(
+    evaluate: EvaluateFn, cids: list[int], eids: list[str]
+) -> tuple[list[float], list[str], list[str]]:
+    out = evaluate(list(cids), list(eids))
+    if not isinstance(out, tuple | list) or len(out) != 3:
+        raise TypeError(
+            "evaluate(candidate_ids, example_ids) must return (scores, feedbacks, rollout_texts)."
+        )
+    scores, feedbacks, texts = (list(x) for x in out)
+    n = len(cids)
+    if not (len(scores) == len(feedbacks) == len(texts) == n):
+        raise ValueError(
+            f"evaluate returned {len(scores)} scores, {len(feedbacks)} feedbacks and {len(texts)} rollout texts "
+            f"for {n} (candidate, example) pairs; return exactly one entry per pair, in order."
+        )
+    for s in scores:
+        if not isinstance(s, int | float) or not math.isfinite(s):
+            raise ValueError(
+                f"evaluate returned a non-finite or non-numeric score {s!r}; scores must be finite floats."
+            )
+    return [float(s) for s in scores], [str(f) for f in feedbacks], [str(t) for t in texts]
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... {len(text) - limit} more characters truncated]"
+
+
+def reflective_records(
+    inputs: Mapping[str, str],
+    example_ids: Sequence[str],
+    texts: Sequence[str],
+    feedbacks: Sequence[str],
+    limit: int,
+) -> list[dict[str, str]]:
+    """GEPA's reflective dataset: one record per example with Inputs / Generated Outputs / Feedback."""
+    return [
+        {
+            "Inputs": _clip(inputs[e], limit),
+            "Generated Outputs": _clip(t, limit),
+            "Feedback": _clip(f, limit),
+        }
+        for e, t, f in zip(example_ids, texts, feedbacks, strict=True)
+    ]
+
+
+def _carried_ids(state: PopulationState, carry: str | int) -> list[int]:
+    if carry == "all":
+        return [c.id for c in state.candidates]
+    k = None if carry == "exported" else int(carry)
+    if state.exported_ids:
+        return list(state.exported_ids[:k])
+    if state.scores:  # never exported: the best active candidates by mean score
+        means = state.mean_scores()
+        return sorted(means, key=lambda c: (-means[c], c))[: k or len(means)]
+    return [c.id for c in state.candidates]  # first round: the seed(s)
+
+
+def run_round(
+    state: PopulationState,
+    evaluate: EvaluateFn,
+    reflector: Reflector,
+    anchors: Mapping[str, str],
+    budget: int,
+    *,
+    config: GepaConfig | None = None,
+    cycle: int | None = None,
+) -> RoundReport:
+    """Run one GEPA round in place on `state`; `anchors` maps anchor example id -> input text.
+
+    Deterministic given the state (its RNG and sampler advance) and the callbacks' answers, so
+    every process of a multi-host run, and a run restored from `state.to_json()`, makes the same
+    decisions.
+    """
+    config = config or GepaConfig()
+    cycle = state.rounds if cycle is None else cycle
+    if not isinstance(budget, int) or budget < 0:
+        raise ValueError(f"budget must be a non-negative int (rollouts), got {budget!r}.")
+    if not isinstance(anchors, Mapping) or not anchors:
+        raise ValueError(
+            "anchors must be a non-empty mapping {example id: input text} for this cycle."
+        )
+    if config.minibatch_size != state.sampler.minibatch_size:
+        raise ValueError(
+            f"config.minibatch_size={config.minibatch_size} but the state was built with "
+            f"{state.sampler.minibatch_size}; create the state with PopulationState.new(..., minibatch_size=...)."
+        )
+    anchor_ids = list(anchors)
+    # Reply-cache entries older than the previous round can no longer be replayed; drop them.
+    state.lm_cache = {
+        k: v for k, v in state.lm_cache.items() if v.get("round", 0) >= state.rounds - 1
+    }
+
+    # 1) Carried candidates, re-scored under the current (frozen) policy.
+    carried = sorted(_carried_ids(state, config.carry))
+    rescore_calls = len(carried) * len(anchor_ids)
+    charged = config.rescore_budget == "shared"
+    if charged and rescore_calls > budget:
+        raise ValueError(
+            f"re-scoring {len(carried)} carried candidates on {len(anchor_ids)} anchors costs {rescore_calls} "
+            f"rollouts, more than the round budget {budget}; raise the budget, lower GepaConfig.carry, "
+            "or use rescore_budget='separate'."
+        )
+    state.set_anchor_set(anchor_ids)
+    cids = [c for c in carried for _ in anchor_ids]
+    scores, _, _ = _checked_evaluate(evaluate, cids, anchor_ids * len(carried))
+    for k, cid in enumerate(carried):
+        state.record_scores(
+            cid, dict(zip(anchor_ids, scores[k * len(anchor_ids) : (k + 1) * len(anchor_ids)]))
+        )
+
+    report = RoundReport(
+        cycle,
+        budget,
+        carried,
+        rescore_calls,
+        charged,
+        rescore_calls if charged else 0,
+        rescore_calls,
+    )
+    b = config.minibatch_size
+    worst_case = 2 * b + len(anchor_ids)
+    reasons: Counter[str] = Counter()
+
+    def spend(n: int) -> None:
+        report.calls_used += n
+        report.total_calls += n
+
+    # 2) The reflective-mutation loop.
+    while report.calls_used + worst_case <= budget:
+        it = state.counters.get("iterations", 0)
+        state.bump("iterations")
+        report.iterations += 1
+        parent = state.select_parent(config.candidate_selection)
+        mb = state.next_minibatch()
+        p_scores, p_fb, p_texts = _checked_evaluate(evaluate, [parent] * len(mb), mb)
+        spend(len(mb))
+        if config.skip_perfect_score and all(s >= config.perfect_score for s in p_scores):
+            report.skipped_perfect += 1
+            report.records.append(
+                IterationRecord(it, parent, mb, p_scores, None, "skipped_perfect")
+            )
+            continue
+        records = reflective_records(anchors, mb, p_texts, p_fb, config.max_rollout_chars)
+        outcome = reflector.propose(
+            state, state.candidates[parent].text, records, salt=f"iteration:{it}"
+        )
+        if outcome.text is None:
+            report.skipped_lm += 1
+            reasons[outcome.skip_reason] += 1
+            report.records.append(
+                IterationRecord(
+                    it, parent, mb, p_scores, None, "skipped_lm", None, outcome.skip_reason
+                )
+            )
+            continue
+        # The child is evaluated before it joins the pool; it gets the next id if accepted.
+        child_id = state.add_candidate(outcome.text, [parent], cycle)
+        c_scores, _, _ = _checked_evaluate(evaluate, [child_id] * len(mb), mb)
+        spend(len(mb))
+        old, new = sum(p_scores), sum(c_scores)
+        ok = new > old if config.acceptance == "strict_improvement" else new >= old
+        if not ok:
+            state.candidates.pop()
+            report.rejected += 1
+            report.records.append(IterationRecord(it, parent, mb, p_scores, c_scores, "rejected"))
+            continue
+        full, _, _ = _checked_evaluate(evaluate, [child_id] * len(anchor_ids), anchor_ids)
+        spend(len(anchor_ids))
+        state.record_scores(child_id, dict(zip(anchor_ids, full)))
+        report.accepted += 1
+        report.new_candidates.append(child_id)
+        report.records.append(
+            IterationRecord(it, parent, mb, p_scores, c_scores, "accepted", child_id)
+        )
+
+    report.skip_reasons = dict(sorted(reasons.items()))
+    for k in ("accepted", "rejected", "skipped_perfect", "skipped_lm"):
+        state.bump(k, getattr(report, k))
+    state.bump("metric_calls", report.total_calls)
+    state.rounds += 1
+    return report
