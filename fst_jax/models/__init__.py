@@ -12,8 +12,14 @@ from fst_jax.models.decoder import (
     unembed,
     unstack_layers,
 )
+from fst_jax.models.embedded import EMBEDDED_NAME, smollm2_gguf_path
+from fst_jax.models.export import save_hf
+from fst_jax.models.hf import CheckpointError
+from fst_jax.models.loading import load
 
 __all__ = [
+    "EMBEDDED_NAME",
+    "CheckpointError",
     "ModelConfig",
     "RopeScaling",
     "default_positions",
@@ -21,9 +27,12 @@ __all__ = [
     "get_config",
     "init_cache",
     "init_params",
+    "load",
     "named_configs",
     "param_logical_axes",
     "param_shapes",
+    "save_hf",
+    "smollm2_gguf_path",
     "stack_layers",
     "unembed",
     "unstack_layers",

@@ -1,0 +1,114 @@
+"""Export fst_jax params as an HF checkpoint dir that `transformers` loads (`save_hf`).
+
+Tensors go through the same table as loading (`hf.tensor_specs`), fetched from devices one at a
+time and flushed shard by shard, so exporting never needs a second full copy on the host.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from fst_jax.models.config import ModelConfig
+from fst_jax.models.decoder import param_shapes, unstack_layers
+from fst_jax.models.hf import CheckpointError, _leaf, config_to_hf, tensor_specs, to_hf
+
+_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+
+
+def parse_size(size: int | str) -> int:
+    """`"2GB"`, `"500MB"`, `"64KiB"` or a byte count → bytes."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", size.upper())
+    if not m:
+        raise ValueError(f"max_shard_size={size!r}; use bytes or e.g. '2GB', '500MB'")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or "B"])
+
+
+def _check_params(config: ModelConfig, params: Any) -> Any:
+    if "layers" in params:
+        params = unstack_layers(config, params)
+    want = jax.tree.structure(param_shapes(config.replace(scan_layers=False)))
+    got = jax.tree.structure(params)
+    if want != got:
+        raise CheckpointError(
+            f"params do not match config {config.name!r}: expected tree {want}, got {got}. "
+            "Pass the config the params were built with."
+        )
+    return params
+
+
+def save_hf(
+    path: str,
+    config: ModelConfig,
+    params: Any,
+    tokenizer: Any = None,
+    *,
+    max_shard_size: int | str = "2GB",
+    dtype: str | None = None,
+) -> str:
+    """Write config.json, model.safetensors (sharded above `max_shard_size`) and tokenizer files.
+
+    `dtype` (default: the config's param_dtype) is the stored dtype. Stale `model*.safetensors`
+    files in `path` are removed first so the dir never mixes two saves. Returns `path`.
+    """
+    from safetensors.numpy import save_file
+    from transformers import AutoConfig
+
+    params = _check_params(config, params)
+    limit = parse_size(max_shard_size)
+    np_dtype = np.dtype(jax.numpy.dtype(dtype or config.param_dtype))
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "model*.safetensors")) + glob.glob(
+        os.path.join(path, "model.safetensors.index.json")
+    ):
+        os.remove(stale)
+
+    # Group tensors into shards by size, then write each shard with only its tensors on host.
+    specs = tensor_specs(config)
+    shards: list[list[Any]] = [[]]
+    size = 0
+    for s in specs:
+        nbytes = int(np.prod(_leaf(params, s.path).shape)) * np_dtype.itemsize
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(s)
+        size += nbytes
+    n = len(shards)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for k, shard in enumerate(shards):
+        fname = "model.safetensors" if n == 1 else f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+        tensors = {}
+        for s in shard:
+            w = np.asarray(jax.device_get(_leaf(params, s.path)))
+            tensors[s.hf_name] = to_hf(s.kind, w).astype(np_dtype)
+            weight_map[s.hf_name] = fname
+            total += tensors[s.hf_name].nbytes
+        save_file(tensors, os.path.join(path, fname), metadata={"format": "pt"})
+        del tensors
+    if n > 1:
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+    extra: dict[str, Any] = {}
+    if tokenizer is not None:
+        extra = dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    hf_config = AutoConfig.for_model(config.arch, **config_to_hf(config), **extra)
+    hf_config.dtype = str(np_dtype) if np_dtype.name != "bfloat16" else "bfloat16"
+    hf_config.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
