@@ -1,0 +1,61 @@
+"""RL core: math over batches plus one jitted, sharded update (no Python-side state).
+
+advantages  group-relative advantages (registry: grpo, dr_grpo, rloo), flat-group dropping,
+            aggregation row weights
+batch       `RLBatch` (training layout + advantages + weights) and `make_batch`
+losses      per-token losses (registry: cispo, grpo, dr_grpo, fst_distill)
+kl          k1/k2/k3 estimators and the jitted `measure_kl` monitor
+logprobs    chunked vocab projection: log-probs, entropy, full-vocab KL
+train_step  `make_train_step(model_config, mesh, rl_config)` → sharded jitted AdamW update
+"""
+
+from fst_jax.rl.advantages import (
+    AGGREGATIONS,
+    Advantages,
+    compute_advantages,
+    get_advantage,
+    list_advantages,
+    register_advantage,
+    row_weights,
+)
+from fst_jax.rl.batch import RLBatch, make_batch, validate_batch
+from fst_jax.rl.kl import kl_estimate, make_measure_kl
+from fst_jax.rl.logprobs import logps_from_hidden, token_logps
+from fst_jax.rl.losses import LossConfig, get_loss, list_losses, register_loss
+from fst_jax.rl.train_step import (
+    RLConfig,
+    TrainState,
+    TrainStep,
+    host_metrics,
+    make_logps_fn,
+    make_optimizer,
+    make_train_step,
+)
+
+__all__ = [
+    "AGGREGATIONS",
+    "Advantages",
+    "LossConfig",
+    "RLBatch",
+    "RLConfig",
+    "TrainState",
+    "TrainStep",
+    "compute_advantages",
+    "get_advantage",
+    "get_loss",
+    "host_metrics",
+    "kl_estimate",
+    "list_advantages",
+    "list_losses",
+    "logps_from_hidden",
+    "make_batch",
+    "make_logps_fn",
+    "make_measure_kl",
+    "make_optimizer",
+    "make_train_step",
+    "register_advantage",
+    "register_loss",
+    "row_weights",
+    "token_logps",
+    "validate_batch",
+]

@@ -1,0 +1,325 @@
+"""One jitted, sharded RL update: chunked log-probs → loss → micro-batch grads → AdamW.
+
+`make_train_step(model_config, mesh, rl_config)` returns a `TrainStep` whose `__call__` is a
+`jax.jit` with explicit in/out shardings and the state donated. Everything is on device; the
+metrics dict is meant to be fetched once per step with `jax.device_get`.
+
+Exactness: rows carry pre-computed aggregation weights (`RLBatch.row_weight`), so the loss is a
+plain sum over micro-batches; micro-batch m takes rows m, m+M, m+2M, ... so every data shard
+contributes equally to every micro-batch (no resharding).
+
+Safety: an update whose loss or gradient is non-finite, or with no weighted tokens, is skipped
+(params and optimizer state unchanged) and counted in `TrainState.skipped`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from fst_jax import sharding
+from fst_jax.models.config import ModelConfig
+from fst_jax.models.decoder import forward
+from fst_jax.rl.batch import RLBatch, validate_batch
+from fst_jax.rl.kl import kl_estimate
+from fst_jax.rl.logprobs import (
+    align_teacher_hidden,
+    full_kl_from_hidden,
+    logps_from_hidden,
+    shift_hidden,
+    token_logps,
+)
+from fst_jax.rl.losses import LossConfig, TokenInputs, get_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """Loss + optimizer + execution knobs of the train step (hashable, absl-flag friendly)."""
+
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    learning_rate: float = 1e-5
+    warmup_steps: int = 10  # linear warm-up to learning_rate, then constant (paper §1.5)
+    b1: float = 0.9
+    b2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None  # global-norm clip; None = off (paper states none)
+    num_microbatches: int = 1
+    logit_chunk: int = 128  # sequence positions per chunk of the vocab projection
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32: number of step calls (applied or skipped)
+    params: Any
+    opt_state: Any
+    skipped: jax.Array  # int32: updates skipped for non-finite loss/grad or no tokens
+
+
+def learning_rate_schedule(cfg: RLConfig) -> optax.Schedule:
+    """lr · min(1, (n+1)/warmup): the first update already moves (optax counts from 0)."""
+    warm = max(cfg.warmup_steps, 1)
+    return lambda count: cfg.learning_rate * jnp.minimum(1.0, (count + 1.0) / warm)
+
+
+def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
+    """AdamW (β 0.9/0.999, wd 0 by default) with warm-up and optional global-norm clipping."""
+    adamw = optax.adamw(
+        learning_rate_schedule(cfg),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+    )
+    if cfg.max_grad_norm is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+
+
+def _sum_where(mask: jax.Array, x: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.where(mask, x, 0.0))
+
+
+def microbatch_loss(
+    config: ModelConfig, cfg: RLConfig, params: Any, mb: RLBatch
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted loss sum of one micro-batch and its metric (sum, count) pieces."""
+    spec = get_loss(cfg.loss.name)
+    hidden = forward(config, params, mb.tokens, mb.positions, return_hidden=True)[0]
+    lp, ent = logps_from_hidden(config, params, hidden, mb.tokens, chunk=cfg.logit_chunk)
+    distill_kl = None
+    if spec.needs_teacher:
+        if mb.teacher_tokens is None:
+            raise ValueError(f"Loss {cfg.loss.name!r} needs the teacher view in the batch")
+        teacher_params = jax.lax.stop_gradient(params)
+        ht = forward(
+            config, teacher_params, mb.teacher_tokens, mb.teacher_positions, return_hidden=True
+        )[0]
+        ht = jax.lax.stop_gradient(align_teacher_hidden(ht, mb.teacher_offset, lp.shape[1]))
+        distill_kl = full_kl_from_hidden(
+            config, params, shift_hidden(hidden), teacher_params, ht, chunk=cfg.logit_chunk
+        )
+    m = mb.completion_mask > 0
+    adv = jnp.broadcast_to(mb.advantages[:, None], lp.shape)
+    old = jnp.where(m, mb.old_logps, 0.0)
+    inputs = TokenInputs(logps=lp, old_logps=old, advantages=adv, distill_kl=distill_kl)
+    per_token, clipped = spec.fn(inputs, cfg.loss)
+    kl = kl_estimate(lp, mb.ref_logps, cfg.loss.kl_estimator)
+    if cfg.loss.kl_coef > 0:
+        per_token = per_token + cfg.loss.kl_coef * kl
+    w = jnp.broadcast_to(mb.row_weight[:, None], lp.shape)
+    trained = m & (w > 0)
+    loss = _sum_where(trained, w * per_token)
+    mismatch = jnp.abs(jax.lax.stop_gradient(lp) - old)
+    sg = jax.lax.stop_gradient
+    aux = {
+        "weight": _sum_where(trained, w),
+        "tokens": jnp.sum(m.astype(jnp.float32)),
+        "train_tokens": jnp.sum(trained.astype(jnp.float32)),
+        "entropy": _sum_where(m, ent),
+        "clip": _sum_where(trained, clipped),
+        "mismatch": _sum_where(m, mismatch),
+        "mismatch_max": jnp.max(jnp.where(m, mismatch, 0.0)),
+        "kl": _sum_where(m, sg(kl)) if cfg.loss.kl_coef > 0 else jnp.zeros(()),
+        "distill_kl": _sum_where(m, sg(distill_kl)) if distill_kl is not None else jnp.zeros(()),
+        "nonfinite_adv": jnp.sum(
+            (~jnp.isfinite(mb.advantages) & (mb.row_weight > 0)).astype(jnp.float32)
+        ),
+    }
+    return loss, aux
+
+
+def _split_microbatches(batch: RLBatch, m: int) -> RLBatch:
+    """[B, ...] → [M, B/M, ...] with micro-batch j = rows j, j+M, ... (shard-balanced)."""
+
+    def split(x):
+        x = x.reshape(x.shape[0] // m, m, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def _dropped_groups(group_ids: jax.Array, row_valid: jax.Array) -> jax.Array:
+    """Distinct problems whose rows are all invalid (flat groups), counted on device."""
+    big = jnp.iinfo(jnp.int32).max
+    bad = jnp.sort(jnp.where(row_valid > 0, big, group_ids))
+    first = jnp.concatenate([jnp.ones((1,), bool), bad[1:] != bad[:-1]])
+    return jnp.sum((first & (bad != big)).astype(jnp.float32))
+
+
+def train_step_fn(config: ModelConfig, cfg: RLConfig, optimizer, mesh: Mesh | None = None):
+    """The pure (un-jitted) step: (state, batch) → (state, metrics)."""
+    grad_fn = jax.value_and_grad(lambda p, mb: microbatch_loss(config, cfg, p, mb), has_aux=True)
+    n_mb = cfg.num_microbatches
+
+    def step(state: TrainState, batch: RLBatch) -> tuple[TrainState, dict[str, jax.Array]]:
+        params = state.params
+        if n_mb == 1:
+            (loss, aux), grads = grad_fn(params, batch)
+        else:
+            mbs = _split_microbatches(batch, n_mb)
+
+            def body(carry, mb):
+                if mesh is not None:
+                    mb = jax.tree.map(lambda x: sharding.with_batch_constraint(x, mesh), mb)
+                (l_, a_), g_ = grad_fn(params, mb)
+                g_acc, l_acc, a_acc = carry
+                a_new = {
+                    k: jnp.maximum(a_acc[k], v) if k.endswith("_max") else a_acc[k] + v
+                    for k, v in a_.items()
+                }
+                return (jax.tree.map(jnp.add, g_acc, g_), l_acc + l_, a_new), None
+
+            zeros_g = jax.tree.map(jnp.zeros_like, params)
+            zeros_a = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], mbs)))
+            zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros_a[0][1])
+            (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, jnp.zeros(()), zeros_a), mbs)
+        grad_norm = optax.global_norm(grads)
+        ok = (
+            jnp.isfinite(loss)
+            & jnp.isfinite(grad_norm)
+            & (aux["weight"] > 0)
+            & (aux["nonfinite_adv"] == 0)
+        )
+        updates, new_opt = optimizer.update(grads, state.opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, params),
+            opt_state=keep(new_opt, state.opt_state),
+            skipped=state.skipped + (~ok).astype(jnp.int32),
+        )
+        count = jnp.maximum(aux["tokens"], 1.0)
+        train_count = jnp.maximum(aux["train_tokens"], 1.0)
+        metrics = {
+            "loss": loss,
+            "entropy": aux["entropy"] / count,
+            "clip_frac": aux["clip"] / train_count,
+            "logp_mismatch_mean": aux["mismatch"] / count,
+            "logp_mismatch_max": aux["mismatch_max"],
+            "grad_norm": grad_norm,
+            "update_norm": jnp.where(ok, optax.global_norm(updates), 0.0),
+            "tokens": aux["tokens"],
+            "train_tokens": aux["train_tokens"],
+            "valid_rows": jnp.sum(batch.row_valid),
+            "dropped_groups": _dropped_groups(batch.group_ids, batch.row_valid),
+            "kl": aux["kl"] / count,
+            "distill_kl": aux["distill_kl"] / count,
+            "skipped": (~ok).astype(jnp.float32),
+            "skipped_total": new_state.skipped.astype(jnp.float32),
+            # optax's count = updates applied so far = step calls − skipped ones.
+            "learning_rate": learning_rate_schedule(cfg)(state.step - state.skipped),
+        }
+        return new_state, metrics
+
+    return step
+
+
+@dataclasses.dataclass
+class TrainStep:
+    """A compiled RL update bound to a mesh. Call it as `state, metrics = step(state, batch)`."""
+
+    model_config: ModelConfig
+    rl_config: RLConfig
+    mesh: Mesh
+    optimizer: optax.GradientTransformation
+    param_shardings: Any
+    state_shardings: TrainState
+    batch_sharding: Any
+    jitted: Callable[[TrainState, RLBatch], tuple[TrainState, dict[str, jax.Array]]]
+
+    def init(self, params: Any) -> TrainState:
+        """Fresh state on the mesh (params are copied, so donation never frees the caller's)."""
+        params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.param_shardings)(
+            params
+        )
+        opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(
+            params
+        )
+        rep = sharding.replicated(self.mesh)
+        step, skipped = (jax.device_put(jnp.zeros((), jnp.int32), rep) for _ in range(2))
+        return TrainState(step=step, params=params, opt_state=opt_state, skipped=skipped)
+
+    def check_batch(self, batch: RLBatch) -> None:
+        """Host-side checks with named errors (shapes, layout, divisibility)."""
+        validate_batch(batch)
+        b = batch.num_rows
+        m = self.rl_config.num_microbatches
+        n = sharding.batch_shard_count(self.mesh)
+        if b % m:
+            raise ValueError(f"num_microbatches={m} does not divide the batch of {b} rows")
+        if (b // m) % n:
+            raise ValueError(
+                f"Micro-batches of {b // m} rows cannot be split over {n} data×fsdp shards; "
+                f"use a batch that is a multiple of {m * n} rows"
+            )
+        if get_loss(self.rl_config.loss.name).needs_teacher and batch.teacher_tokens is None:
+            raise ValueError(
+                f"Loss {self.rl_config.loss.name!r} needs the teacher view: build the batch with "
+                "make_batch(..., teacher=(tokens, positions, completion_mask))"
+            )
+
+    def __call__(self, state: TrainState, batch: RLBatch) -> tuple[TrainState, dict]:
+        self.check_batch(batch)
+        return self.jitted(state, batch)
+
+
+def make_train_step(
+    model_config: ModelConfig,
+    mesh: Mesh,
+    rl_config: RLConfig = RLConfig(),
+    *,
+    rules: sharding.Rules = sharding.TRAIN_RULES,
+) -> TrainStep:
+    """Build the sharded, jitted update for `model_config` on `mesh` (state is donated)."""
+    optimizer = make_optimizer(rl_config)
+    p_shard = sharding.param_shardings(model_config, mesh, rules)
+    from fst_jax.models.decoder import param_shapes
+
+    opt_shapes = jax.eval_shape(optimizer.init, param_shapes(model_config))
+    o_shard = sharding.opt_state_shardings(optimizer, opt_shapes, p_shard, mesh)
+    rep = sharding.replicated(mesh)
+    s_shard = TrainState(step=rep, params=p_shard, opt_state=o_shard, skipped=rep)
+    b_shard = sharding.batch_sharding(mesh)
+    fn = train_step_fn(model_config, rl_config, optimizer, mesh)
+    jitted = jax.jit(
+        fn, in_shardings=(s_shard, b_shard), out_shardings=(s_shard, rep), donate_argnums=(0,)
+    )
+    return TrainStep(model_config, rl_config, mesh, optimizer, p_shard, s_shard, b_shard, jitted)
+
+
+def make_logps_fn(
+    model_config: ModelConfig,
+    mesh: Mesh,
+    *,
+    chunk: int = 128,
+    rules: sharding.Rules = sharding.TRAIN_RULES,
+) -> Callable[[Any, Any, Any, Any], jax.Array]:
+    """Jitted `(params, tokens, positions, completion_mask) -> logps f32[B, S]` (0 off-mask).
+
+    Used for `RLBatch.ref_logps` (base policy, for the KL penalty) or to recompute old log-probs.
+    """
+    p_shard = sharding.param_shardings(model_config, mesh, rules)
+    b_shard = sharding.batch_sharding(mesh)
+
+    def fn(params, tokens, positions, mask):
+        lp, _ = token_logps(
+            model_config, params, tokens, positions, chunk=chunk, with_entropy=False
+        )
+        return jnp.where(mask > 0, lp, 0.0)
+
+    return jax.jit(fn, in_shardings=(p_shard, b_shard, b_shard, b_shard), out_shardings=b_shard)
+
+
+def host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
+    """The one deliberate host sync per step."""
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
