@@ -134,6 +134,12 @@ def make_batch(
         raise ValueError(
             f"tokens {tokens.shape} and completion_mask {mask.shape} must both be [B, S]"
         )
+    for name, arr in (("positions", positions), ("old_logps", logps), ("ref_logps", ref_logps)):
+        if arr is not None and np.shape(arr) != tokens.shape:
+            raise ValueError(
+                f"{name} has shape {np.shape(arr)} but tokens has {tokens.shape}; "
+                "all token fields must be [B, S] in the same training layout"
+            )
     if not mask.any():
         raise ValueError("Every completion mask is empty: there is nothing to train on")
     if advantage is None:  # reward-free losses (fst_distill): every row counts, A = 0
