@@ -1,0 +1,301 @@
+"""Run untrusted-ish Python (CodeIO reference code, predicted inputs) in a separate process.
+
+Layers of containment, all in the child so the caller (the trainer) can never crash:
+  * rlimits: CPU seconds, address space, file size, open files, no core dumps; plus a wall
+    timeout after which the whole process group is killed;
+  * a fresh temporary working directory (deleted afterwards) and a minimal environment (no
+    inherited variables, so no secrets);
+  * no network: the child runs under `unshare -rn` (a new, empty network namespace) when the
+    kernel allows unprivileged user namespaces; independently of that, a `sys.addaudithook`
+    installed before the code runs refuses socket creation, process creation (fork, exec,
+    spawn, subprocess, os.system), ctypes, file writes outside the temp dir and reads of
+    /proc, /sys and the environment of other processes.
+Outcomes: "ok", "error" (the code raised), "timeout" (wall or CPU limit), "refused" (a
+forbidden operation or a resource cap such as memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+# The child-side runner. It reads {code, funcname, kwargs, nonce} as JSON from stdin.
+_RUNNER = r"""
+import json, os, sys
+payload = json.loads(sys.stdin.read())
+NONCE = payload["nonce"]
+ROOT = os.path.realpath(os.getcwd())
+_real_stdout = sys.stdout
+VIOLATIONS = []
+
+class SandboxRefusal(PermissionError):
+    pass
+
+_FORBIDDEN = ("socket.", "subprocess.", "os.system", "os.exec", "os.spawn", "os.posix_spawn",
+              "os.fork", "os.forkpty", "pty.", "ctypes.", "os.kill", "os.killpg", "signal.",
+              "sys.remote_exec", "webbrowser.", "urllib.Request",
+              "http.client.connect", "ftplib.", "smtplib.", "poplib.", "imaplib.", "telnetlib.",
+              "os.chdir", "shutil.rmtree", "os.chmod", "os.chown", "os.link", "os.symlink")
+_WRITE_EVENTS = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.truncate", "os.utime")
+_READ_DENY = ("/proc", "/sys", "/dev/mem", "/dev/kmem", "/etc/shadow")
+
+def _inside(path):
+    try:
+        p = os.path.realpath(os.fsdecode(path))
+    except Exception:
+        return False
+    return p == ROOT or p.startswith(ROOT + os.sep) or p in ("/dev/null",)
+
+def _refuse(event, detail):
+    VIOLATIONS.append(f"{event}: {detail}")
+    raise SandboxRefusal(f"sandbox refused {event} ({detail})")
+
+def _hook(event, args):
+    if not ACTIVE[0]:
+        return
+    if event.startswith(_FORBIDDEN):
+        _refuse(event, repr(args)[:200])
+    if event == "open":
+        path, mode = args[0], args[1]
+        if isinstance(path, int):
+            return
+        writing = isinstance(mode, str) and any(c in mode for c in "wax+")
+        if isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            writing = True
+        p = os.path.realpath(os.fsdecode(path)) if isinstance(path, (str, bytes)) else ""
+        if writing and not _inside(path):
+            _refuse("open", f"write outside the sandbox dir: {p}")
+        if not writing and p.startswith(_READ_DENY) and not p.startswith("/proc/self/fd"):
+            _refuse("open", f"read of {p}")
+    elif event in _WRITE_EVENTS:
+        for a in args[:2]:
+            if isinstance(a, (str, bytes)) and not _inside(a):
+                _refuse(event, f"outside the sandbox dir: {a!r}")
+
+ACTIVE = [False]
+sys.addaudithook(_hook)
+# Trusted preloads (numpy needs ctypes at import time, which the hook refuses afterwards).
+for _mod in payload.get("preload", ()):
+    if _mod in payload["code"]:
+        try:
+            __import__(_mod)
+        except Exception:
+            pass
+
+def _jsonable(x, depth=0):
+    if depth > 64:
+        raise ValueError("result nested too deeply")
+    if isinstance(x, dict):
+        return {str(k) if not isinstance(k, str) else k: _jsonable(v, depth + 1) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in x]
+    if isinstance(x, (set, frozenset)):
+        return sorted((_jsonable(v, depth + 1) for v in x), key=repr)
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if hasattr(x, "tolist"):
+        return _jsonable(x.tolist(), depth + 1)
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+def _emit(status, **kw):
+    _real_stdout.write("\n" + NONCE + json.dumps({"status": status, **kw}) + "\n")
+    _real_stdout.flush()
+
+import io, traceback
+sys.stdout = io.StringIO()
+status, out = "ok", {}
+try:
+    ns = {"__name__": "__sandbox__"}
+    ACTIVE[0] = True
+    exec(compile(payload["code"], "<sandbox>", "exec"), ns)
+    if payload.get("funcname"):
+        fn = ns.get(payload["funcname"])
+        if fn is None:
+            raise NameError(f"function {payload['funcname']!r} is not defined by the code")
+        result = fn(**payload.get("kwargs", {}))
+    else:
+        result = ns.get("result")
+    ACTIVE[0] = False
+    out = {"value": _jsonable(result)}
+except MemoryError:
+    ACTIVE[0] = False
+    status, out = "refused", {"message": "MemoryError: memory limit exceeded"}
+except BaseException as e:
+    ACTIVE[0] = False
+    status = "error"
+    out = {"message": f"{type(e).__name__}: {str(e)[:500]}"}
+if VIOLATIONS:
+    status, out = "refused", {"message": "; ".join(VIOLATIONS)[:1000]}
+try:
+    _emit(status, **out)
+except (TypeError, ValueError) as e:
+    _emit("error", message=f"result is not JSON-serialisable: {e}")
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxLimits:
+    """Resource caps for one run. Defaults suit CodeIO reference functions."""
+
+    wall_s: float = 5.0
+    cpu_s: int = 5
+    memory_mb: int = 1024
+    file_size_mb: int = 8
+    max_open_files: int = 64
+    max_output_chars: int = 1_000_000
+    # Modules imported before the audit hook activates, when the code mentions them.
+    preload: tuple[str, ...] = ("numpy", "scipy", "sympy")
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxResult:
+    status: str  # ok | error | timeout | refused
+    value: Any = None
+    message: str = ""
+    elapsed_s: float = 0.0
+
+
+@functools.cache
+def network_isolation() -> str:
+    """'unshare' if `unshare -rn` works here (empty network namespace), else 'audit-hook'."""
+    exe = shutil.which("unshare")
+    if exe is None:
+        return "audit-hook"
+    try:
+        r = subprocess.run(
+            [exe, "-rn", sys.executable, "-c", "pass"], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "audit-hook"
+    return "unshare" if r.returncode == 0 else "audit-hook"
+
+
+def _preexec(limits: SandboxLimits):
+    def fn():
+        os.setsid()
+        mem = limits.memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        fsz = limits.file_size_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsz, fsz))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return fn
+
+
+def run_python(
+    code: str,
+    funcname: str | None = None,
+    kwargs: dict | None = None,
+    limits: SandboxLimits = SandboxLimits(),
+) -> SandboxResult:
+    """Execute `code`, then call `funcname(**kwargs)` (or read a global `result`), sandboxed.
+
+    Never raises for anything the code does; returns a SandboxResult with the JSON-able value.
+    """
+    nonce = "@@SANDBOX-" + secrets.token_hex(8) + "@@"
+    try:
+        payload = json.dumps(
+            {
+                "code": code,
+                "funcname": funcname,
+                "kwargs": kwargs or {},
+                "nonce": nonce,
+                "preload": list(limits.preload),
+            }
+        )
+    except (TypeError, ValueError) as e:
+        return SandboxResult("error", message=f"arguments are not JSON-serialisable: {e}")
+    tmp = tempfile.mkdtemp(prefix="fst_sandbox_")
+    try:
+        runner = os.path.join(tmp, "_runner.py")
+        with open(runner, "w") as f:
+            f.write(_RUNNER)
+        cmd = [sys.executable, "-I", "-B", runner]
+        if network_isolation() == "unshare":
+            cmd = [shutil.which("unshare") or "unshare", "-rn", *cmd]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": tmp,
+            "TMPDIR": tmp,
+            "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+        }
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=tmp,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                preexec_fn=_preexec(limits),
+                close_fds=True,
+            )
+        except OSError as e:
+            return SandboxResult("error", message=f"could not start the sandbox process: {e}")
+        try:
+            out, err = proc.communicate(payload.encode(), timeout=limits.wall_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.communicate()
+            return SandboxResult(
+                "timeout",
+                message=f"wall time limit {limits.wall_s}s exceeded",
+                elapsed_s=time.monotonic() - t0,
+            )
+        finally:
+            _kill_group(proc)
+        elapsed = time.monotonic() - t0
+        return _parse(out, err, proc.returncode, nonce, limits, elapsed)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _parse(out: bytes, err: bytes, rc: int, nonce: str, limits: SandboxLimits, elapsed: float):
+    text = out.decode("utf-8", "replace")
+    idx = text.rfind(nonce)
+    if idx >= 0:
+        line = text[idx + len(nonce) :].split("\n", 1)[0]
+        if len(line) > limits.max_output_chars:
+            return SandboxResult("refused", message="result too large", elapsed_s=elapsed)
+        try:
+            rec = json.loads(line)
+            return SandboxResult(rec["status"], rec.get("value"), rec.get("message", ""), elapsed)
+        except (ValueError, KeyError, RecursionError):
+            return SandboxResult("error", message="unreadable sandbox result", elapsed_s=elapsed)
+    if rc in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL):
+        return SandboxResult(
+            "timeout", message=f"CPU time limit {limits.cpu_s}s exceeded", elapsed_s=elapsed
+        )
+    if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
+        return SandboxResult("refused", message="file size limit exceeded", elapsed_s=elapsed)
+    tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {rc}"]
+    if "MemoryError" in tail[0]:
+        return SandboxResult("refused", message="memory limit exceeded", elapsed_s=elapsed)
+    return SandboxResult(
+        "error", message=f"sandbox process died: {tail[0][:300]}", elapsed_s=elapsed
+    )
