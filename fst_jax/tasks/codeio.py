@@ -249,7 +249,7 @@ class CodeIOTask(Task):
         def build(idx: int):
             it = items[idx]
             code = (
-                f"{it['code_sample']}\n\n{it['input_generator']}\n\nfrom random import Random\n"
+                f"from random import Random\n{it['code_sample']}\n\n{it['input_generator']}\n\n"
                 f"_inp = generate_inputs(Random({self.seed * 100003 + idx}))\n"
                 "result = {'input': _inp, 'output': main_solution(**_inp)}\n"
             )

@@ -1,0 +1,154 @@
+"""Sandbox containment: each hostile snippet ends in its verdict and the test process survives."""
+
+import os
+
+import pytest
+
+from fst_jax.tasks import sandbox
+from fst_jax.tasks.sandbox import SandboxLimits, network_isolation, run_python
+
+FAST = SandboxLimits(wall_s=3.0, cpu_s=1, memory_mb=256, file_size_mb=1)
+
+
+def run(body: str, limits: SandboxLimits = FAST, **kwargs):
+    code = "import os, sys\n\ndef f(x):\n" + "\n".join("    " + line for line in body.splitlines())
+    return run_python(code, "f", {"x": kwargs.get("x", 1)}, limits)
+
+
+def test_ok_value_and_types():
+    r = run("return [x + 1, (1, 2), {3}, {'k': None}, 2.5]")
+    assert r.status == "ok"
+    assert r.value == [2, [1, 2], [3], {"k": None}, 2.5]
+
+
+def test_prints_do_not_corrupt_the_result():
+    r = run('print(\'noise\', \'@@SANDBOX-fake@@{"status": "ok", "value": 99}\')\nreturn 7')
+    assert (r.status, r.value) == ("ok", 7)
+
+
+def test_exception_is_error():
+    r = run("return 1 // 0")
+    assert r.status == "error" and "ZeroDivisionError" in r.message
+
+
+def test_missing_function_is_error():
+    r = run_python("x = 1", "main_solution", {}, FAST)
+    assert r.status == "error" and "main_solution" in r.message
+
+
+def test_infinite_loop_times_out():
+    r = run("while True:\n    pass")
+    assert r.status == "timeout"
+
+
+def test_sleep_hits_wall_timeout():
+    r = run("import time\ntime.sleep(60)", SandboxLimits(wall_s=1.0, cpu_s=5, memory_mb=256))
+    assert r.status == "timeout" and "wall" in r.message
+    assert r.elapsed_s < 10
+
+
+def test_fork_bomb_refused():
+    r = run("while True:\n    os.fork()")
+    assert r.status == "refused" and "fork" in r.message
+
+
+def test_multiprocessing_refused():
+    r = run("import multiprocessing as mp\np = mp.Process(target=print)\np.start()\nreturn 1")
+    assert r.status == "refused"
+
+
+def test_memory_bomb_refused():
+    r = run("a = []\nwhile True:\n    a.append(bytearray(10**7))")
+    assert r.status == "refused" and "memory" in r.message.lower()
+
+
+def test_write_outside_tempdir_refused(tmp_path):
+    target = tmp_path / "evil.txt"
+    r = run(f"open({str(target)!r}, 'w').write('x')\nreturn 1")
+    assert r.status == "refused" and "outside" in r.message
+    assert not target.exists()
+    r = run(f"os.remove({str(tmp_path)!r})")
+    assert r.status == "refused"
+
+
+def test_write_inside_tempdir_allowed_and_cleaned():
+    r = run(
+        "open('scratch.txt', 'w').write('hi')\nreturn [open('scratch.txt').read(), os.getcwd()]"
+    )
+    assert r.status == "ok" and r.value[0] == "hi"
+    assert not os.path.exists(r.value[1])  # the temp dir is deleted afterwards
+
+
+def test_file_size_limit():
+    r = run("open('big.bin', 'wb').write(b'0' * (5 * 2**20))\nreturn 1")
+    assert r.status in ("refused", "error")
+    assert r.status != "ok"
+
+
+def test_socket_refused():
+    r = run("import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 9))\nreturn 1")
+    assert r.status == "refused" and "socket" in r.message
+
+
+def test_caught_refusal_still_refused():
+    r = run(
+        "import socket\ntry:\n    socket.socket()\nexcept Exception:\n    pass\nreturn 'sneaky'"
+    )
+    assert r.status == "refused"
+
+
+def test_subprocess_refused():
+    r = run("import subprocess\nreturn subprocess.run(['echo', 'hi'], capture_output=True).stdout")
+    assert r.status == "refused" and "subprocess" in r.message
+    r = run("return os.system('echo hi')")
+    assert r.status == "refused"
+
+
+def test_environment_secrets_not_visible(monkeypatch):
+    monkeypatch.setenv("FST_TEST_SECRET", "hunter2")
+    r = run("return {k: v for k, v in os.environ.items()}")
+    assert r.status == "ok"
+    assert "FST_TEST_SECRET" not in r.value and "hunter2" not in str(r.value)
+    r = run("return open('/proc/%d/environ' % os.getppid()).read()")
+    assert r.status == "refused"
+    r = run("return open('/proc/self/environ').read()")
+    assert r.status == "refused"
+
+
+def test_ctypes_refused():
+    r = run("import ctypes\nreturn ctypes.CDLL(None).getpid()")
+    assert r.status == "refused"
+
+
+def test_numpy_allowed_via_preload():
+    r = run_python(
+        "import numpy as np\ndef f(x):\n    return np.arange(x) * 2", "f", {"x": 3}, FAST
+    )
+    assert (r.status, r.value) == ("ok", [0, 2, 4])
+
+
+def test_unserialisable_arguments_are_errors():
+    r = run_python("def f(x):\n    return x", "f", {"x": object()}, FAST)
+    assert r.status == "error" and "JSON" in r.message
+
+
+def test_audit_hook_alone_blocks_network(monkeypatch):
+    """Without a network namespace (unshare unavailable) the audit hook still refuses sockets."""
+    monkeypatch.setattr(sandbox, "network_isolation", lambda: "audit-hook")
+    r = run("import socket\nsocket.create_connection(('127.0.0.1', 9))")
+    assert r.status == "refused"
+
+
+def test_network_namespace_is_empty():
+    if network_isolation() != "unshare":
+        pytest.skip("unprivileged user namespaces are not available here")
+    # socket.if_nameindex() is not an audited call, so it shows the namespace's interfaces:
+    # only the loopback device, whatever the host has.
+    r = run("import socket\nreturn socket.if_nameindex()")
+    assert (r.status, r.value) == ("ok", [[1, "lo"]])
+
+
+def test_caller_survives_many_hostile_runs():
+    statuses = [run(b).status for b in ("while True:\n    os.fork()", "return 1 // 0", "return 2")]
+    assert statuses == ["refused", "error", "ok"]
+    assert os.getpid() > 0
