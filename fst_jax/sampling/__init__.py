@@ -1,0 +1,42 @@
+"""Sampling: the prompt bank (population table) and the jitted KV-cache sampler.
+
+Public API:
+  build_bank(tokenizer, contexts, *, max_prompts, max_len, mode="system") -> PromptBank
+  SamplingParams(temperature, top_k, top_p, max_new_tokens, greedy, stop_token_ids)
+  Sampler(config, tokenizer).sample(params, bank, prompt_idx, tasks, key, sampling) -> Rollouts
+  generate_chat(config, params, tokenizer, conversations, sampling, key) -> list[str]
+"""
+
+from fst_jax.sampling.engine import compose_prompts, num_compilations
+from fst_jax.sampling.prompt_bank import (
+    ChatLayout,
+    PromptBank,
+    build_bank,
+    raw_bank,
+    tokenizer_fingerprint,
+)
+from fst_jax.sampling.sampler import (
+    Rollouts,
+    Sampler,
+    TaskTokens,
+    cast_params_for_sampling,
+    generate_chat,
+)
+from fst_jax.sampling.select import SamplingParams, select_tokens
+
+__all__ = [
+    "ChatLayout",
+    "PromptBank",
+    "Rollouts",
+    "Sampler",
+    "SamplingParams",
+    "TaskTokens",
+    "build_bank",
+    "cast_params_for_sampling",
+    "compose_prompts",
+    "generate_chat",
+    "num_compilations",
+    "raw_bank",
+    "select_tokens",
+    "tokenizer_fingerprint",
+]

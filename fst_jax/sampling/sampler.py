@@ -1,0 +1,306 @@
+"""Host-side sampler: validation, static buckets, one prefill + one decode call, text decoding.
+
+`Sampler.sample(params, bank, prompt_idx, tasks, key, sampling)` is the one call every rollout
+goes through (RL steps, GEPA evaluations, validation). It checks every input on the host before
+any device work, pads the batch and the task tokens to static buckets (so only a new bucket or
+new `SamplingParams` compile), runs the jitted `engine.prefill` / `engine.decode`, slices the
+padding rows away and decodes completion texts once per batch.
+
+`generate_chat(config, params, tokenizer, conversations, sampling, key)` renders whole chat
+conversations with the tokenizer's template and samples replies (reflection LM, demos).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fst_jax.models.config import ModelConfig
+from fst_jax.sampling import engine
+from fst_jax.sampling.prompt_bank import PromptBank, raw_bank, tokenizer_fingerprint
+from fst_jax.sampling.select import SamplingParams
+
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DEFAULT_TASK_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class TaskTokens(NamedTuple):
+    """Task (user-turn) tokens padded to a bucket: tokens int32[B, Lt], lengths int32[B]."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    fingerprint: str  # tokenizer fingerprint the rows were encoded with
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """Sampler output in the RL training layout ([B, S]; see `engine.training_layout`).
+
+    `logps` are under the sampling distribution (temperature/top-k/top-p; raw for greedy),
+    `raw_logps` under the unmodified model (T=1). `finished[b]`: row b emitted a stop token
+    (False = cut at max_new_tokens). `texts` are the completions decoded without specials.
+    """
+
+    tokens: jax.Array
+    positions: jax.Array
+    completion_mask: jax.Array
+    logps: jax.Array
+    raw_logps: jax.Array
+    prompt_lengths: jax.Array
+    completion_lengths: jax.Array
+    finished: jax.Array
+    completion_tokens: np.ndarray  # host int32[B, max_new_tokens], pad after the completion
+    texts: list[str]
+
+    def batch(self) -> dict[str, jax.Array]:
+        """The four arrays of the sampler → RL contract."""
+        return {
+            "tokens": self.tokens,
+            "positions": self.positions,
+            "completion_mask": self.completion_mask,
+            "logps": self.logps,
+        }
+
+
+def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    raise ValueError(
+        f"{what} of {n} exceeds the largest bucket {buckets[-1]}; pass larger buckets to Sampler"
+    )
+
+
+def _batch_bucket(n: int, buckets: Sequence[int]) -> int:
+    if n <= buckets[-1]:
+        return _bucket(n, buckets, "batch")
+    return -(-n // buckets[-1]) * buckets[-1]
+
+
+@jax.jit
+def _cast_tree(params: Any, dtype_probe: jax.Array) -> Any:
+    dt = dtype_probe.dtype
+    return jax.tree.map(
+        lambda x: x.astype(dt) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) else x,
+        params,
+    )
+
+
+def cast_params_for_sampling(config: ModelConfig, params: Any) -> Any:
+    """Matrices → `config.dtype` once per call (bf16 decode reads half the bytes per step);
+    norms and biases stay in their own dtype. A no-op when they already match."""
+    dt = jnp.dtype(config.dtype)
+    leaves = jax.tree.leaves(params)
+    if all(x.dtype == dt for x in leaves if x.ndim >= 2):
+        return params
+    return _cast_tree(params, jnp.zeros((), dt))
+
+
+class Sampler:
+    """Holds the tokenizer, stop tokens and buckets; the jitted core is pure (`engine`)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tokenizer: Any,
+        *,
+        batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
+        task_buckets: Sequence[int] = DEFAULT_TASK_BUCKETS,
+        cast_params: bool = True,
+    ) -> None:
+        if len(tokenizer) > config.vocab_size:
+            raise ValueError(
+                f"Tokenizer has {len(tokenizer)} tokens but model {config.name!r} has "
+                f"vocab_size={config.vocab_size}; pair the model with its own tokenizer"
+            )
+        if tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no eos_token_id; set one so decoding can stop")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.fingerprint = tokenizer_fingerprint(tokenizer)
+        self.batch_buckets = tuple(sorted(batch_buckets))
+        self.task_buckets = tuple(sorted(task_buckets))
+        self.cast_params = cast_params
+        self._raw_bank: PromptBank | None = None
+
+    # -------------------------------------------------------------- host-side encoding
+
+    def encode_tasks(self, bank: PromptBank, tasks: Sequence[str]) -> TaskTokens:
+        """Tokenise task texts once (as the bank's template places them) into a task bucket."""
+        self._check_bank(bank)
+        if isinstance(tasks, str):
+            raise ValueError("tasks must be a sequence of strings, not one string")
+        rows = [bank.layout.encode_task(t) for t in tasks]
+        return self.pad_tasks(rows)
+
+    def pad_tasks(self, rows: Sequence[Sequence[int]]) -> TaskTokens:
+        """Already-tokenised rows → TaskTokens padded to the task bucket."""
+        if not rows:
+            raise ValueError("Empty batch: pass at least one task")
+        longest = max(len(r) for r in rows)
+        if min(len(r) for r in rows) == 0:
+            raise ValueError("A task has zero tokens; every row needs a non-empty task")
+        lt = _bucket(longest, self.task_buckets, "Task length (tokens)")
+        tokens = np.full((len(rows), lt), self._pad_id(), np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = r
+        lengths = np.asarray([len(r) for r in rows], np.int32)
+        return TaskTokens(tokens, lengths, self.fingerprint)
+
+    def _pad_id(self) -> int:
+        t = self.tokenizer
+        return int(t.pad_token_id if t.pad_token_id is not None else t.eos_token_id)
+
+    def _check_bank(self, bank: PromptBank) -> None:
+        if bank.fingerprint != self.fingerprint:
+            raise ValueError(
+                "The prompt bank was built with a different tokenizer/chat template than this "
+                "sampler's; rebuild it with build_bank(sampler.tokenizer, ...)"
+            )
+
+    def stop_ids(self, sampling: SamplingParams) -> tuple[int, ...]:
+        return tuple(sorted({int(self.tokenizer.eos_token_id), *sampling.stop_token_ids}))
+
+    # -------------------------------------------------------------- sampling
+
+    def sample(
+        self,
+        params: Any,
+        bank: PromptBank,
+        prompt_idx: Any,
+        tasks: Sequence[str] | TaskTokens,
+        key: jax.Array,
+        sampling: SamplingParams,
+        *,
+        row_ids: Any = None,
+    ) -> Rollouts:
+        """Sample one completion per row: row b's prompt = bank row prompt_idx[b] + task b.
+
+        row_ids int[B] (default 0..B-1) is folded into `key` per row, so a row's sample depends
+        only on (key, its row id, its prompt) — not on the rest of the batch.
+        """
+        self._check_bank(bank)
+        if not isinstance(tasks, TaskTokens):
+            tasks = self.encode_tasks(bank, tasks)
+        if tasks.fingerprint != self.fingerprint:
+            raise ValueError(
+                "Task tokens were encoded with a different tokenizer; re-encode them with "
+                "sampler.encode_tasks(bank, texts)"
+            )
+        idx = bank.validate_indices(prompt_idx)
+        n = tasks.tokens.shape[0]
+        if idx.shape[0] != n or tasks.lengths.shape != (n,):
+            raise ValueError(
+                f"Inconsistent batch: {idx.shape[0]} prompt indices, {n} task rows, "
+                f"{tasks.lengths.shape} task lengths; pass one index and one task per row"
+            )
+        if (tasks.lengths < 1).any() or (tasks.lengths > tasks.tokens.shape[1]).any():
+            raise ValueError(
+                f"Task lengths must be in [1, {tasks.tokens.shape[1]}]; got {tasks.lengths}"
+            )
+        rid = np.arange(n, dtype=np.int32) if row_ids is None else np.asarray(row_ids)
+        if rid.shape != (n,) or not np.issubdtype(rid.dtype, np.integer):
+            raise ValueError(f"row_ids must be int[{n}], got shape {rid.shape} {rid.dtype}")
+        total = bank.max_len + tasks.tokens.shape[1] + bank.suffix.shape[0]
+        if total + sampling.max_new_tokens > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Prompt bucket {total} + max_new_tokens {sampling.max_new_tokens} exceeds the "
+                f"model's max_position_embeddings={self.config.max_position_embeddings}; use "
+                "shorter buckets / bank max_len or fewer new tokens"
+            )
+
+        bb = _batch_bucket(n, self.batch_buckets)
+        pad = bb - n
+        idx_b = np.concatenate([idx, np.full((pad,), bank.no_context, np.int32)])
+        tok_b = np.concatenate([tasks.tokens, np.full((pad, tasks.tokens.shape[1]), 0, np.int32)])
+        len_b = np.concatenate([tasks.lengths, np.ones((pad,), np.int32)])
+        rid_b = np.concatenate([rid.astype(np.int32), -1 - np.arange(pad, dtype=np.int32)])
+
+        if self.cast_params:
+            params = cast_params_for_sampling(self.config, params)
+        pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
+        state = engine.prefill(
+            self.config,
+            sampling,
+            pad_id,
+            stop_ids,
+            params,
+            bank.table,
+            bank.lengths,
+            bank.suffix,
+            bank.suffix_length,
+            jnp.asarray(idx_b),
+            jnp.asarray(tok_b),
+            jnp.asarray(len_b),
+            jnp.asarray(rid_b),
+            key,
+        )
+        state = engine.decode(self.config, sampling, pad_id, stop_ids, params, state)
+        out = engine.finalize(state, pad_id=pad_id)
+        del state
+        if pad:
+            out = {k: v[:n] for k, v in out.items()}
+        gen, gen_len = jax.device_get((out["completion_tokens"], out["completion_lengths"]))
+        texts = self.tokenizer.batch_decode(
+            [row[:m].tolist() for row, m in zip(gen, gen_len)], skip_special_tokens=True
+        )
+        return Rollouts(
+            tokens=out["tokens"],
+            positions=out["positions"],
+            completion_mask=out["completion_mask"],
+            logps=out["logps"],
+            raw_logps=out["raw_logps"],
+            prompt_lengths=out["prompt_lengths"],
+            completion_lengths=out["completion_lengths"],
+            finished=out["finished"],
+            completion_tokens=np.asarray(gen),
+            texts=list(texts),
+        )
+
+    def generate_chat(
+        self,
+        params: Any,
+        conversations: Sequence[Sequence[dict[str, str]]],
+        sampling: SamplingParams,
+        key: jax.Array,
+    ) -> list[str]:
+        """Reply to each chat (list of {"role", "content"} messages) using the chat template."""
+        if not conversations:
+            raise ValueError("No conversations given")
+        rows = []
+        for i, conv in enumerate(conversations):
+            if not conv or not all(isinstance(m, dict) and "role" in m for m in conv):
+                raise ValueError(
+                    f"Conversation {i} must be a non-empty list of {{'role', 'content'}} dicts"
+                )
+            text = self.tokenizer.apply_chat_template(
+                list(conv), tokenize=False, add_generation_prompt=True
+            )
+            rows.append(list(self.tokenizer.encode(text, add_special_tokens=False)))
+        if self._raw_bank is None:
+            self._raw_bank = raw_bank(self.tokenizer)
+        bank = self._raw_bank
+        idx = np.full((len(rows),), bank.no_context, np.int32)
+        return self.sample(params, bank, idx, self.pad_tasks(rows), key, sampling).texts
+
+
+def generate_chat(
+    config: ModelConfig,
+    params: Any,
+    tokenizer: Any,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    sampling: SamplingParams | None = None,
+    key: jax.Array | None = None,
+) -> list[str]:
+    """List of chat message lists → list of reply strings (one jitted sampler call).
+
+    Defaults: temperature 1.0, 256 new tokens, key PRNGKey(0).
+    """
+    sampling = sampling or SamplingParams(max_new_tokens=256)
+    key = jax.random.PRNGKey(0) if key is None else key
+    return Sampler(config, tokenizer).generate_chat(params, conversations, sampling, key)
