@@ -91,7 +91,7 @@ class BM25:
 
     def scores(self, query: str) -> np.ndarray:
         out = np.zeros(len(self.docs))
-        for t in set(tokenize(query)):
+        for t in sorted(set(tokenize(query))):  # fixed order: float sums identical across runs
             if t in self.index:
                 idx, w = self.index[t]
                 out[idx] += w
@@ -99,9 +99,8 @@ class BM25:
 
     def search(self, query: str, k: int) -> list[int]:
         sc = self.scores(query)
-        hits = np.flatnonzero(sc > 0)
-        order = sorted(hits.tolist(), key=lambda i: (-sc[i], i))  # ties: lower index first
-        return order[:k]
+        order = np.argsort(-sc, kind="stable")[:k]  # ties: lower index first
+        return [int(i) for i in order if sc[i] > 0]
 
 
 # --- synthetic encyclopedia -------------------------------------------------------------------
@@ -232,6 +231,20 @@ def build_world(seed: int = 0, scale: int = 1):
     return ent, {t: f"{t} | {d}" for t, d in docs.items()}
 
 
+_TYPE_CACHE: dict[int, dict[str, list[str]]] = {}
+
+
+def _by_type(ent: dict) -> dict[str, list[str]]:
+    key = id(ent)
+    if key not in _TYPE_CACHE:
+        groups: dict[str, list[str]] = defaultdict(list)
+        for t, e in ent.items():
+            groups[e["type"]].append(t)
+        _TYPE_CACHE.clear()
+        _TYPE_CACHE[key] = dict(groups)
+    return _TYPE_CACHE[key]
+
+
 def make_claim(rng: random.Random, ent: dict, hops: int):
     """A k-hop claim: (text, supporting titles, label) or None if the walk dead-ends."""
     starts = [t for t, e in ent.items() if _DEPTH[e["type"]] >= hops]
@@ -254,8 +267,8 @@ def make_claim(rng: random.Random, ent: dict, hops: int):
     final = chain[-1]
     label = "SUPPORTED"
     if rng.random() < 0.5:
-        same = [t for t, e in ent.items() if e["type"] == ent[final]["type"] and t != final]
-        final, label = rng.choice(same), "NOT_SUPPORTED"
+        same = _by_type(ent)[ent[final]["type"]]
+        final, label = rng.choice([t for t in same if t != final]), "NOT_SUPPORTED"
     phrase = final
     for i in range(hops - 1, 0, -1):  # describe chain[i] by its relation to the next entity
         kind = "a band" if ent[chain[i]]["type"] == "band" else "a company"
@@ -374,10 +387,8 @@ class HoverTask(Task):
             if made is None:
                 continue
             claim, titles, label = made
-            if split_of(claim) != split:
-                continue
             ex = self._example(claim, titles, label, {"num_hops": self.hops, "index": i - 1})
-            if ex.id not in seen:
+            if split_of(ex.question) == split and ex.id not in seen:
                 seen.add(ex.id)
                 out.append(ex)
             if i > 200 * self.sizes[split] + 10_000:

@@ -39,32 +39,39 @@ _ITEMS = ("apples", "marbles", "stickers", "books", "coins", "pencils", "cookies
 _FRIENDS = ("a friend", "a neighbour", "a classmate", "a cousin", "the teacher")
 
 
-def _story_step(rng: random.Random, value: int, items: str, operand: tuple[int, int]):
-    """One arithmetic step: (sentence, new value, solution line)."""
+def _story_step(rng: random.Random, value: int, items: str, operand: tuple[int, int], who: str):
+    """One arithmetic step: (sentence, new value, solution line). `who` is a name or "they"."""
     lo, hi = operand
+    sing = who != "they"
     kinds = ["add", "sub", "mul"] + (["div"] if value > 1 else [])
     kind = rng.choice(kinds)
     if kind == "sub" and value <= 1:
         kind = "add"
+    if kind == "div" and not [d for d in (2, 3, 4, 5) if value % d == 0]:
+        kind = "add"
     if kind == "add":
         k = rng.randint(lo, hi)
-        verb = rng.choice(["buys", "finds", "is given"])
-        return f"Then they {verb} {k} more {items}.", value + k, f"{value} + {k} = {value + k}"
+        verb = rng.choice([("buy", "buys"), ("find", "finds"), ("are given", "is given")])[sing]
+        return f"Then {who} {verb} {k} more {items}.", value + k, f"{value} + {k} = {value + k}"
     if kind == "sub":
         k = rng.randint(1, min(hi, value - 1))
-        who = rng.choice(_FRIENDS)
-        return f"Then they give {k} {items} to {who}.", value - k, f"{value} - {k} = {value - k}"
+        friend = rng.choice(_FRIENDS)
+        verb = "gives" if sing else "give"
+        return (
+            f"Then {who} {verb} {k} {items} to {friend}.",
+            value - k,
+            f"{value} - {k} = {value - k}",
+        )
     if kind == "mul":
         k = rng.choice([2, 3]) if hi < 10 else rng.randint(2, 4)
         word = {2: "doubles", 3: "triples"}.get(k, f"becomes {k} times as large")
-        return (f"Then the number of {items} {word}.", value * k, f"{value} × {k} = {value * k}")
-    divisors = [d for d in (2, 3, 4, 5) if value % d == 0]
-    if not divisors:
-        k = rng.randint(lo, hi)
-        return f"Then they find {k} more {items}.", value + k, f"{value} + {k} = {value + k}"
-    d = rng.choice(divisors)
+        return f"Then the number of {items} {word}.", value * k, f"{value} × {k} = {value * k}"
+    d = rng.choice([d for d in (2, 3, 4, 5) if value % d == 0])
+    verb = "splits" if sing else "split"
     return (
-        f"Then they split the {items} into {d} equal piles and keep one pile.",
+        f"Then {who} {verb} the {items} into {d} equal piles and keeps one pile."
+        if sing
+        else f"Then {who} split the {items} into {d} equal piles and keep one pile.",
         value // d,
         f"{value} ÷ {d} = {value // d}",
     )
@@ -78,8 +85,9 @@ def generate_problem(rng: random.Random, difficulty: str) -> tuple[str, int, str
     sentences = [f"{name} has {value} {items}."]
     lines = [f"Start with {value}."]
     for _ in range(rng.randint(smin, smax)):
-        sent, value, line = _story_step(rng, value, items, operand)
-        sentences.append(sent.replace("they", name, 1) if rng.random() < 0.5 else sent)
+        who = name if rng.random() < 0.5 else "they"
+        sent, value, line = _story_step(rng, value, items, operand, who)
+        sentences.append(sent)
         lines.append(line)
     sentences.append(f"How many {items} does {name} have now?")
     solution = " ".join(lines) + f" The answer is \\boxed{{{value}}}."
