@@ -152,3 +152,19 @@ def test_caller_survives_many_hostile_runs():
     statuses = [run(b).status for b in ("while True:\n    os.fork()", "return 1 // 0", "return 2")]
     assert statuses == ["refused", "error", "ok"]
     assert os.getpid() > 0
+
+
+def test_fork_exec_bypass_refused():
+    """_posixsubprocess.fork_exec raises no audit event; the sandbox disables it."""
+    r = run("import _posixsubprocess\nreturn _posixsubprocess.fork_exec(['/bin/true'])")
+    assert r.status == "refused" and "fork_exec" in r.message
+    r = run(
+        "import sys\nsys.modules.pop('_posixsubprocess')\nimport _posixsubprocess\n"
+        "return _posixsubprocess.fork_exec(['/bin/true'])"
+    )
+    assert r.status == "refused"
+
+
+def test_ctypes_libc_fork_refused():
+    r = run("import ctypes\nreturn ctypes.pythonapi.fork()")
+    assert r.status == "refused"

@@ -1,7 +1,8 @@
 """Run untrusted-ish Python (CodeIO reference code, predicted inputs) in a separate process.
 
 Layers of containment, all in the child so the caller (the trainer) can never crash:
-  * rlimits: CPU seconds, address space, file size, open files, no core dumps; plus a wall
+  * rlimits: CPU seconds, address space, file size, open files, processes (not binding for
+    uid 0, which the kernel exempts), no core dumps; plus a wall
     timeout after which the whole process group is killed;
   * a fresh temporary working directory (deleted afterwards) and a minimal environment (no
     inherited variables, so no secrets);
@@ -67,6 +68,8 @@ def _hook(event, args):
         return
     if event.startswith(_FORBIDDEN):
         _refuse(event, repr(args)[:200])
+    if event == "import" and args[0] in ("_posixsubprocess", "_ctypes"):
+        _refuse(event, args[0])
     if event == "open":
         path, mode = args[0], args[1]
         if isinstance(path, int):
@@ -86,6 +89,12 @@ def _hook(event, args):
 
 ACTIVE = [False]
 sys.addaudithook(_hook)
+# _posixsubprocess.fork_exec (used by subprocess/multiprocessing) raises no audit event of its
+# own: disable it, and refuse re-importing a fresh copy of the module while the code runs.
+import _posixsubprocess, subprocess
+def _no_fork_exec(*args, **kwargs):
+    _refuse("_posixsubprocess.fork_exec", "process creation")
+_posixsubprocess.fork_exec = _no_fork_exec
 # Trusted preloads (numpy needs ctypes at import time, which the hook refuses afterwards).
 for _mod in payload.get("preload", ()):
     if _mod in payload["code"]:
@@ -194,6 +203,9 @@ def _preexec(limits: SandboxLimits):
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsz, fsz))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # No new processes or threads. The kernel exempts uid 0 from this limit, so as root the
+        # audit hook (fork/exec/spawn/subprocess refused, fork_exec disabled) is what binds.
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 
     return fn
 
