@@ -346,3 +346,30 @@ def test_build_and_load_hard_subset(tmp_path):
     with pytest.raises(FileNotFoundError, match="build_hard_subset"):
         load_subset("no_such_subset")
     assert os.path.exists(path)
+
+
+# --- reasoning-gym bundled offline sources ----------------------------------------------------
+
+
+def test_gsm_symbolic_source():
+    sizes = {"train": 6, "validation": 3, "test": 3}
+    task = get_task("math", source="gsm_symbolic", sizes=sizes)
+    exs = _all(task)
+    assert 1 <= len(exs) <= 12
+    again = get_task("math", source="gsm_symbolic", sizes=sizes)
+    assert [e.to_json() for e in _all(again)] == [e.to_json() for e in exs]
+    for e in exs:
+        assert e.metadata["solution"]  # reasoning-gym's answer_cot, used as GEPA feedback
+        assert task.verify(e, f"so \\boxed{{{e.gold}}}").reward == 1.0
+        assert task.verify(e, f"\\boxed{{{int(e.gold) + 1}}}").reward == 0.0
+
+
+def test_reasoning_gym_codeio_source():
+    sizes = {"train": 3, "validation": 1, "test": 1}
+    task = get_task("codeio", source="reasoning_gym", sizes=sizes, mode="both")
+    exs = _all(task)
+    assert exs and all(e.gold["funcname"] == "main_solution" for e in exs)
+    for e in exs:
+        assert "main_solution" in e.question and "{desc}" not in e.question
+    verdicts = task.verify_batch(exs, [_codeio_answer(e) for e in exs])
+    assert all(v.reward == 1.0 for v in verdicts), verdicts
