@@ -154,23 +154,36 @@ def test_bad_batches_raise_named_errors(params):
         d.check_batch(_batch(0, batch=8)[0])
 
 
-def test_kl_penalty_adds_beta_k3(params, mesh1):
-    """loss(β) − loss(0) = β Σ_b w_b Σ_t k3(log π_θ, log π_base) with base ≠ θ."""
+def _dense_logps(params, b):
+    """log π(tokens[t] | <t) from the full (un-chunked) logits, in float64 numpy."""
+    logits = np.asarray(forward(CFG, params, b.tokens, b.positions)[0], np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    lsm = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    lp = np.take_along_axis(lsm[:, :-1], np.asarray(b.tokens)[:, 1:, None], -1)[..., 0]
+    return np.pad(lp, ((0, 0), (1, 0))) * (b.completion_mask > 0)
+
+
+def test_kl_penalty_loss_matches_reference(params, mesh1):
+    """loss = Σ_b w_b Σ_t [−min(ρ, 4)·A·log π_θ + β·k3(log π_θ, log π_base)], base ≠ θ."""
     b, _, _r = _batch(4)
     base = init_params(CFG, jax.random.PRNGKey(7))
-    logps = make_logps_fn(CFG, mesh1)
-    ref = np.asarray(logps(base, b.tokens, b.positions, b.completion_mask))
-    cur = np.asarray(logps(params, b.tokens, b.positions, b.completion_mask)).astype(np.float64)
+    ref = np.asarray(
+        make_logps_fn(CFG, mesh1, chunk=5)(base, b.tokens, b.positions, b.completion_mask)
+    )
+    np.testing.assert_allclose(ref, _dense_logps(base, b), rtol=1e-4, atol=1e-5)
     b = b.replace(ref_logps=ref)
+    cur = _dense_logps(params, b)
     beta = 0.1
-    m0 = _run(params, mesh1, RLConfig(), [b])[1][0]
-    m1 = _run(params, mesh1, RLConfig(loss=LossConfig(kl_coef=beta)), [b])[1][0]
+    m = _run(params, mesh1, RLConfig(loss=LossConfig(kl_coef=beta)), [b])[1][0]
+    mask = b.completion_mask > 0
     log_r = ref - cur
-    k3 = np.where(b.completion_mask > 0, np.exp(log_r) - 1 - log_r, 0.0)
-    expected = beta * (b.row_weight[:, None] * k3).sum()
-    assert expected > 1e-3
-    np.testing.assert_allclose(m1["loss"] - m0["loss"], expected, rtol=1e-4)
-    np.testing.assert_allclose(m1["kl"], k3.sum() / b.completion_mask.sum(), rtol=1e-4)
+    k3 = np.where(mask, np.exp(log_r) - 1 - log_r, 0.0)
+    rho = np.exp(cur - b.old_logps)
+    pg = np.where(mask, -np.minimum(rho, 4.0) * b.advantages[:, None] * cur, 0.0)
+    assert (b.row_weight[:, None] * beta * k3).sum() > 1e-3  # the penalty is not negligible
+    expected = (b.row_weight[:, None] * (pg + beta * k3)).sum()
+    np.testing.assert_allclose(m["loss"], expected, rtol=1e-4)
+    np.testing.assert_allclose(m["kl"], k3.sum() / mask.sum(), rtol=1e-4)
 
 
 def test_fst_distill_matches_dense_reference(params, mesh1):

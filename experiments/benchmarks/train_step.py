@@ -1,0 +1,192 @@
+"""CISPO train-step throughput vs an HF transformers torch forward+backward of the same shapes.
+
+Run (heavy; one at a time on the shared box):
+    flock /tmp/fst_heavy.lock .venv/bin/python experiments/benchmarks/train_step.py
+
+Both sides see SmolLM2-135M-Instruct (the embedded model: our `load`, and transformers'
+`LlamaForCausalLM` on the same HF-format cache dir), B × S tokens, fp32. fst_jax times the whole
+jitted step (forward, chunked log-probs, CISPO loss, backward, AdamW update); the torch peer
+times forward + backward of a per-token policy-gradient loss on the full logits (no optimizer),
+so the comparison is, if anything, tilted towards the peer. The last line is one JSON object.
+
+MFU = model FLOPs / time / peak, with model FLOPs = 6·N·B·S + 12·L·H·hd·S²·B (dense attention
+as computed; remat recomputation not counted) and peak the nominal fp32 of this CPU (2 cores ×
+32 FLOP/cycle × 2.6 GHz = 166.4 GFLOP/s, research/env.md §3); a matmul peer measured in the same
+run is printed too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags
+
+flags.DEFINE_integer("batch", 8, "rows")
+flags.DEFINE_integer("seq_len", 384, "tokens per row (prompt + completion)")
+flags.DEFINE_integer("prompt_len", 128, "prompt tokens per row; the rest is completion")
+flags.DEFINE_integer("steps", 2, "timed steps per side (after one warm-up/compile step)")
+flags.DEFINE_enum("remat", "layer", ["none", "layer", "dots"], "fst_jax per-layer remat")
+flags.DEFINE_integer("logit_chunk", 128, "sequence chunk of the vocab projection")
+flags.DEFINE_integer("microbatches", 1, "micro-batches per step")
+flags.DEFINE_float("peak_gflops", 166.4, "nominal fp32 peak of the machine, GFLOP/s")
+flags.DEFINE_bool("torch", True, "also time the HF transformers torch peer")
+FLAGS = flags.FLAGS
+
+
+def model_flops(config, batch: int, seq: int) -> float:
+    n = config.num_params  # tied embedding counted once = the LM-head matmul
+    attn = 12 * config.num_layers * config.num_heads * config.head_dim * seq * seq * batch
+    return 6.0 * n * batch * seq + attn
+
+
+def matmul_gflops() -> float:
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((2048, 2048), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(5):
+        f(x).block_until_ready()
+    return 5 * 2 * 2048**3 / (time.perf_counter() - t) / 1e9
+
+
+def rollouts(vocab: int, batch: int, seq: int, prompt: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, vocab, (batch, seq)).astype(np.int32)
+    positions = np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()
+    mask = np.zeros((batch, seq), np.float32)
+    mask[:, prompt:] = 1.0
+    logps = np.where(mask > 0, -rng.exponential(1.0, (batch, seq)), 0.0).astype(np.float32)
+    rewards = np.tile([1.0, 0.0], batch // 2).astype(np.float32)
+    groups = np.arange(batch) // 4
+    return tokens, positions, mask, logps, rewards, groups
+
+
+def bench_jax() -> dict:
+    import jax
+
+    from fst_jax import sharding
+    from fst_jax.models import get_config, init_params, load
+    from fst_jax.rl import LossConfig, RLConfig, make_batch, make_train_step
+
+    loaded = True
+    try:
+        config, params, _ = load("smollm2-135m-instruct", remat=FLAGS.remat)
+    except Exception as e:
+        print(f"load failed ({e}); timing a random init of smollm2_135m instead")
+        loaded = False
+        config = get_config("smollm2_135m", remat=FLAGS.remat)
+        params = init_params(config, jax.random.PRNGKey(0))
+    arrays = rollouts(config.vocab_size, FLAGS.batch, FLAGS.seq_len, FLAGS.prompt_len)
+    batch, _ = make_batch(*arrays, group_size=4)
+    rl = RLConfig(
+        loss=LossConfig(name="cispo"),
+        learning_rate=1e-6,
+        logit_chunk=FLAGS.logit_chunk,
+        num_microbatches=FLAGS.microbatches,
+    )
+    step = make_train_step(config, sharding.single_device_mesh(), rl)
+    state = step.init(params)
+    del params
+    t = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(FLAGS.steps):
+        t = time.perf_counter()
+        state, m = step(state, batch)
+        jax.block_until_ready((state, m))
+        times.append(time.perf_counter() - t)
+    loss = float(m["loss"])
+    print(
+        f"fst_jax: compile+first {first:.1f}s, steps {[round(x, 2) for x in times]} s, loss {loss:.4f}"
+    )
+    return {
+        "config": config,
+        "loaded": loaded,
+        "step_s": min(times),
+        "compile_s": first - min(times),
+    }
+
+
+def bench_torch(config) -> float:
+    import numpy as np
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from fst_jax.models.embedded import embedded_checkpoint_dir
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM.from_pretrained(embedded_checkpoint_dir(), dtype=torch.float32)
+    model.train()
+    tokens, _, mask, logps, _, _ = rollouts(
+        config.vocab_size, FLAGS.batch, FLAGS.seq_len, FLAGS.prompt_len
+    )
+    ids = torch.tensor(tokens, dtype=torch.long)
+    m = torch.tensor(mask[:, 1:])
+    old = torch.tensor(logps[:, 1:])
+    adv = torch.tensor(np.tile([1.0, -1.0], FLAGS.batch // 2), dtype=torch.float32)[:, None]
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+        w = torch.exp(lp - old).clamp(max=4.0).detach()
+        loss = -(w * adv * lp * m).sum() / m.sum()
+        loss.backward()
+        return loss.item()
+
+    step()
+    times = []
+    for _ in range(FLAGS.steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    print(
+        f"torch {torch.__version__} threads {torch.get_num_threads()}: steps {[round(x, 2) for x in times]} s"
+    )
+    return min(times)
+
+
+def main(_):
+    import jax
+
+    peak_measured = matmul_gflops()
+    res = bench_jax()
+    config = res["config"]
+    flops = model_flops(config, FLAGS.batch, FLAGS.seq_len)
+    tokens = FLAGS.batch * FLAGS.seq_len
+    out = {
+        "benchmark": "cispo_train_step",
+        "model": "smollm2-135m-instruct" if res["loaded"] else "smollm2_135m (random init)",
+        "shape": [FLAGS.batch, FLAGS.seq_len],
+        "dtype": "float32",
+        "remat": FLAGS.remat,
+        "jax": jax.__version__,
+        "fst_jax_step_s": round(res["step_s"], 3),
+        "fst_jax_compile_s": round(res["compile_s"], 1),
+        "fst_jax_tokens_per_s": round(tokens / res["step_s"], 1),
+        "model_gflop_per_step": round(flops / 1e9, 1),
+        "fst_jax_gflops": round(flops / res["step_s"] / 1e9, 1),
+        "fst_jax_mfu": round(flops / res["step_s"] / 1e9 / FLAGS.peak_gflops, 3),
+        "peak_gflops_nominal": FLAGS.peak_gflops,
+        "jax_matmul_gflops_measured": round(peak_measured, 1),
+    }
+    if FLAGS.torch:
+        t = bench_torch(config)
+        out["hf_torch_fwd_bwd_s"] = round(t, 3)
+        out["hf_torch_mfu"] = round(flops / t / 1e9 / FLAGS.peak_gflops, 3)
+        out["speedup_vs_hf"] = round(t / res["step_s"], 3)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app.run(main)
