@@ -1,0 +1,41 @@
+"""Embedded CPU default: FST on SmolLM2-135M-Instruct, offline task, local reflection LM.
+
+Sized for about 15 minutes on 2 CPU cores: 2 cycles × 3 RL steps (6 steps), a small GEPA round
+per cycle, evaluation at start and end, one checkpoint per cycle, a KL-vs-reward PNG.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fst_base import base_config
+
+
+def get_config():
+    c = base_config()
+    c.mode = "fst"
+    c.num_cycles = 2
+    c.model.spec = "smollm2-135m-instruct"
+    c.model.dtype = "float32"  # XLA:CPU trains faster in fp32 (shared/research/env.md §3)
+    c.task.name = "math"
+    c.task.kwargs.difficulty = "lite"  # SmolLM2-135M base reward: low but non-zero
+    c.sampling.temperature = 1.0
+    c.sampling.max_new_tokens = 96
+    c.sampling.max_prompt_len = 384
+    c.sampling.max_context_len = 192
+    c.rl.steps_per_cycle = 3
+    c.rl.batch_size = 4
+    c.rl.group_size = 4
+    c.rl.lr = 2e-5
+    c.rl.warmup_steps = 2
+    c.gepa.k = 2
+    c.gepa.budget = 24
+    c.gepa.anchor_size = 8
+    c.gepa.reflection_lm = "local"
+    c.gepa.reflection_max_tokens = 160
+    c.gepa.max_pool = 8
+    c.eval.every_cycles = 2
+    c.eval.num_examples = 8
+    c.eval.kl_examples = 8
+    c.checkpoint.keep = 2
+    return c

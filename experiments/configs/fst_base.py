@@ -1,0 +1,101 @@
+"""Shared schema of every fst-train config: all keys, documented, with the paper's defaults.
+
+Config files in this folder call :func:`base_config` and override what differs. Every key is
+overridable from the command line (``--config.rl.lr=3e-6``); unknown keys are an error that
+suggests the nearest existing one (the config is locked).
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "fst"  # rl (slow only) | gepa (fast only) | fst | fst_distill
+    c.seed = 0
+    c.num_cycles = 100  # one cycle = one GEPA round + rl.steps_per_cycle RL steps
+    c.resume = "auto"  # auto: continue this run's checkpoints | force: accept another run's | never
+    c.init_from = ""  # plasticity probe: a workdir whose latest params start this (fresh) run
+    c.init_from_step = -1  # -1 = latest step of init_from
+    c.log_every = 1
+    c.progress = True  # tqdm bars for sampling, GEPA rounds and the run
+    c.summary = True  # one-screen summary + KL-vs-reward PNG at the end
+
+    c.model = ml_collections.ConfigDict()
+    c.model.spec = (
+        "qwen3-8b"  # HF dir, .gguf path, 'smollm2-135m-instruct', or 'random:<named config>'
+    )
+    c.model.dtype = "bfloat16"  # activation/matmul dtype for training (accumulation is f32)
+    c.model.param_dtype = "float32"
+    c.model.remat = "layer"  # none | layer | dots
+    c.model.scan_layers = False
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1 fills the remaining devices
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.task = ml_collections.ConfigDict()
+    c.task.name = "codeio"
+    c.task.kwargs = ml_collections.ConfigDict()  # forwarded to fst_jax.tasks.get_task
+    # Continual run: comma-separated task names, switching every `switch_every` RL steps.
+    c.task.stream = ""
+    c.task.switch_every = 0
+    c.task.seed_prompt = ""  # '' = the task's own seed prompt
+    c.task.agnostic_seed_prompt = (
+        "Solve the problem. Think step by step, check your work, and give the final answer in "
+        "exactly the format the question asks for."
+    )  # used for every task of a stream (paper: 100% task-agnostic seeds in the continual run)
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.temperature = 1.0
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = 0
+    c.sampling.max_new_tokens = 2048
+    c.sampling.max_prompt_len = 2048  # prompt bucket (context + task), tokens
+    c.sampling.max_context_len = 1024  # one context text, tokens (prompt bank row length)
+    c.sampling.context_in = "system"  # system | user
+
+    c.rl = ml_collections.ConfigDict()
+    c.rl.steps_per_cycle = 6  # T
+    c.rl.batch_size = 32  # problems per RL step
+    c.rl.group_size = 8  # G rollouts per problem
+    c.rl.loss = "cispo"  # registry: cispo | grpo | dr_grpo
+    c.rl.advantage = "grpo"  # registry: grpo | rloo | dr_grpo
+    c.rl.aggregation = "prompt_token_mean"
+    c.rl.tau = 4.0  # CISPO IS-weight upper truncation (eps_high = 3)
+    c.rl.lr = 1e-6
+    c.rl.warmup_steps = 10
+    c.rl.b1 = 0.9
+    c.rl.b2 = 0.999
+    c.rl.weight_decay = 0.0
+    c.rl.grad_clip = 0.0  # 0 = off (paper states none)
+    c.rl.kl_coef = 0.0  # paper lists 0.001; off by default
+    c.rl.micro_batches = 1
+
+    c.gepa = ml_collections.ConfigDict()
+    c.gepa.k = 4  # contexts exported to the bank per cycle (K); G/K rollouts each
+    c.gepa.budget = 960  # metric calls per cycle (paper: 960 over 192 anchors)
+    c.gepa.anchor_size = 192  # anchor set = the next anchor_size training problems (lookahead)
+    c.gepa.minibatch = 3
+    c.gepa.rescore = "separate"  # separate: re-scoring carried prompts is outside the budget
+    c.gepa.edit = "incremental"  # incremental | rewrite
+    c.gepa.reflection_lm = "openai"  # local | openai
+    c.gepa.reflection_model = "gpt-5.2"
+    c.gepa.reflection_base_url = ""
+    c.gepa.reflection_api_key_env = "OPENAI_API_KEY"
+    c.gepa.reflection_max_tokens = 4096
+    c.gepa.reflection_temperature = 0.7
+    c.gepa.max_pool = 32  # prompt-bank rows for GEPA evaluation calls
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_cycles = 5
+    c.eval.num_examples = 256
+    c.eval.k = 4  # mean@k
+    c.eval.kl_examples = 64  # held-out prompts for KL(pi_theta || pi_base)
+    c.eval.quadrants = True  # 2x2 weights x prompt at the final evaluation
+    c.eval.at_start = True
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_cycles = 1
+    c.checkpoint.keep = 3
+    return c

@@ -1,0 +1,11 @@
+"""Paper setup 'hover' on Qwen3-8B (see fst_paper.py and shared/research/paper.md §2.4)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fst_paper
+
+
+def get_config():
+    return fst_paper.get_config("hover")

@@ -1,0 +1,594 @@
+"""The FST loop: the one stateful object, wiring sampler, RL step, GEPA, tasks and checkpoints.
+
+Read ``Controller.run`` top to bottom; one cycle is
+
+  1. GEPA round on the frozen policy θ_c (modes gepa/fst/fst_distill): re-score the carried
+     contexts on the cycle's anchor set (the next ``gepa.anchor_size`` training problems, i.e. a
+     lookahead over the coming batches), reflective mutation within ``gepa.budget`` rollouts,
+     then export the top-K contexts into the prompt bank. Every GEPA evaluation is ONE sampler
+     call over all its (candidate, example) pairs.
+  2. T = ``rl.steps_per_cycle`` RL steps (modes rl/fst/fst_distill): a batch of problems, G
+     rollouts each spread over the K contexts (G/K per context; mode rl uses the seed context),
+     verification, group advantages over all G rollouts of a problem, one jitted train step.
+  3. Evaluation (every ``eval.every_cycles`` and at start/end) and a checkpoint.
+
+``fst_distill`` samples the student WITHOUT context and trains
+``Σ_t KL(π_θ(·|x, y<t) ‖ sg π_θ(·|φ, x, y<t))`` (full-vocabulary reverse KL from the unprompted
+student to the prompted teacher, same weights, teacher under stop-gradient, on the student's own
+tokens; no reward term) — the RL module's ``fst_distill`` loss; φ cycles over the K exported
+contexts (G/K rows each). ``gepa`` mode runs the rounds on frozen base weights and counts T
+"steps" per cycle so its curves share the x-axis.
+
+Determinism: every random draw is keyed by ``fold_in(seed key, step/cycle/purpose)``; GEPA's RNG
+and reply cache live in its JSON state; the data position is a counter. So a run resumed from a
+checkpoint reproduces the uninterrupted run's metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from fst_jax import checkpoint as ckpt_lib
+from fst_jax import evaluation, metrics, rl, sampling, sharding
+from fst_jax import gepa as gepa_lib
+
+log = logging.getLogger(__name__)
+
+MODES = ("rl", "gepa", "fst", "fst_distill")
+_TAG_RL, _TAG_GEPA, _TAG_EVAL, _TAG_REFLECT, _TAG_INIT = 1, 2, 3, 4, 5
+
+
+class ConfigError(ValueError):
+    """An fst-train config that cannot run; the message says what to change."""
+
+
+def _nearest(name: str, choices: Sequence[str]) -> str:
+    near = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean {near[0]!r}?" if near else ""
+
+
+def task_names(config: Any) -> list[str]:
+    stream = [s.strip() for s in str(config.task.stream).split(",") if s.strip()]
+    return stream or [config.task.name]
+
+
+def validate_config(config: Any, num_batch_shards: int | None = None) -> None:
+    """Checks a config before any device work; raises ConfigError naming the fix."""
+    from fst_jax.tasks import list_tasks
+
+    if config.mode not in MODES:
+        raise ConfigError(
+            f"config.mode={config.mode!r} is not one of {MODES}.{_nearest(config.mode, MODES)}"
+        )
+    known = list_tasks()
+    for name in task_names(config):
+        if name not in known:
+            raise ConfigError(
+                f"unknown task {name!r}; available: {', '.join(known)}.{_nearest(name, known)}"
+            )
+    if config.task.stream and config.task.switch_every < 1:
+        raise ConfigError(
+            "config.task.stream is set but task.switch_every < 1; set the RL steps per task"
+        )
+    g, k, b, t = (
+        config.rl.group_size,
+        config.gepa.k,
+        config.rl.batch_size,
+        config.rl.steps_per_cycle,
+    )
+    if min(g, b, t, config.num_cycles) < 1 or k < 1:
+        raise ConfigError(
+            f"rl.group_size={g}, gepa.k={k}, rl.batch_size={b}, rl.steps_per_cycle={t} and "
+            f"num_cycles={config.num_cycles} must all be >= 1"
+        )
+    uses_pop = config.mode in ("fst", "fst_distill")
+    if uses_pop and g % k:
+        raise ConfigError(
+            f"gepa.k={k} contexts must divide rl.group_size={g} (G/K rollouts per context); "
+            f"e.g. --config.gepa.k={max(d for d in range(1, g + 1) if g % d == 0 and d <= k)}"
+        )
+    if k + 2 > config.gepa.max_pool:
+        raise ConfigError(f"gepa.max_pool={config.gepa.max_pool} must be >= gepa.k + 2 = {k + 2}")
+    rows = b * g
+    if num_batch_shards and rows % (num_batch_shards * config.rl.micro_batches):
+        raise ConfigError(
+            f"rl.batch_size × rl.group_size = {rows} rows cannot be split into "
+            f"{config.rl.micro_batches} micro-batches over {num_batch_shards} data×fsdp shards; "
+            f"use a row count that is a multiple of {num_batch_shards * config.rl.micro_batches}"
+        )
+    if config.gepa.minibatch > config.gepa.anchor_size:
+        raise ConfigError(
+            f"gepa.minibatch={config.gepa.minibatch} exceeds gepa.anchor_size={config.gepa.anchor_size}"
+        )
+    if config.resume not in ("auto", "force", "never"):
+        raise ConfigError(f"config.resume={config.resume!r}; use auto, force or never")
+    if config.eval.k < 1 or config.eval.num_examples < 1:
+        raise ConfigError("eval.k and eval.num_examples must be >= 1")
+
+
+def _fold(key: jax.Array, *ints: int) -> jax.Array:
+    for i in ints:
+        key = jax.random.fold_in(key, int(i) & 0x7FFFFFFF)
+    return key
+
+
+def _text_hash(obj: Any) -> int:
+    return int(hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8], 16)
+
+
+def load_model(config: Any) -> tuple[Any, Any, Any]:
+    """``random:<named config>`` → random init + the tiny tokenizer (tests); else models.load."""
+    spec = str(config.model.spec)
+    overrides = dict(
+        dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+        remat=config.model.remat, scan_layers=config.model.scan_layers,
+    )  # fmt: skip
+    if spec.startswith("random:"):
+        from fst_jax.models import get_config, init_params, named_configs
+        from fst_jax.models.testing import tiny_tokenizer
+
+        name = spec.split(":", 1)[1]
+        if name not in named_configs():
+            raise ConfigError(
+                f"unknown model config {name!r}.{_nearest(name, list(named_configs()))}"
+            )
+        mcfg = get_config(name, **overrides)
+        params = init_params(mcfg, jax.random.key(config.seed))
+        return mcfg, params, tiny_tokenizer()
+    from fst_jax.models import load
+
+    dtype = overrides.pop("dtype")
+    mcfg, params, tok = load(spec, **{k: v for k, v in overrides.items() if k != "param_dtype"})
+    return dataclasses.replace(mcfg, dtype=dtype, param_dtype=config.model.param_dtype), params, tok
+
+
+class DataStream:
+    """Deterministic epoch-shuffled stream over a task's train split; position is one int."""
+
+    def __init__(self, examples: Sequence[Any], seed: int, position: int = 0) -> None:
+        if not examples:
+            raise ConfigError("the task's train split is empty")
+        self.examples, self.seed, self.position = list(examples), seed, position
+
+    def _at(self, p: int) -> Any:
+        n = len(self.examples)
+        perm = np.random.default_rng([self.seed, p // n]).permutation(n)
+        return self.examples[perm[p % n]]
+
+    def peek(self, n: int) -> list[Any]:
+        """The next n problems without consuming them (the GEPA anchor lookahead); unique ids."""
+        out, seen, p = [], set(), self.position
+        while len(out) < min(n, len(self.examples)):
+            ex = self._at(p)
+            if ex.id not in seen:
+                seen.add(ex.id)
+                out.append(ex)
+            p += 1
+        return out
+
+    def take(self, n: int) -> list[Any]:
+        out = [self._at(self.position + i) for i in range(n)]
+        self.position += n
+        return out
+
+
+class Controller:
+    """Owns the run's state and I/O; everything it calls is a pure function or a jitted step.
+
+    ``model`` (config, params, tokenizer) and ``reflection_lm`` can be injected (tests); by
+    default the model comes from ``config.model.spec`` and the reflection LM from its registry
+    (``local`` = the frozen base policy sampled through our sampler).
+    """
+
+    def __init__(self, config: Any, workdir: str | Path, *, model=None, reflection_lm=None) -> None:
+        from fst_jax.tasks import get_task
+
+        self.config, self.workdir = config, Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.is_main = jax.process_index() == 0
+        c = config
+        devices = (
+            jax.devices() if c.mesh.get("devices", -1) < 1 else jax.devices()[: c.mesh.devices]
+        )
+        self.mesh = sharding.make_mesh(
+            sharding.MeshConfig(c.mesh.data, c.mesh.fsdp, c.mesh.tensor), devices
+        )
+        self.row_multiple = sharding.batch_shard_count(self.mesh)
+        validate_config(c, self.row_multiple)
+        self.tasks = {n: get_task(n, **dict(c.task.kwargs)) for n in task_names(c)}
+        self.model_config, params, self.tokenizer = model or load_model(c)
+        self.key = jax.random.key(c.seed)
+        self.T, self.G, self.K = c.rl.steps_per_cycle, c.rl.group_size, c.gepa.k
+        rl_cfg = rl.RLConfig(
+            loss=rl.LossConfig(name="fst_distill" if c.mode == "fst_distill" else c.rl.loss,
+                               tau=c.rl.tau, kl_coef=c.rl.kl_coef),
+            learning_rate=c.rl.lr, warmup_steps=c.rl.warmup_steps, b1=c.rl.b1, b2=c.rl.b2,
+            weight_decay=c.rl.weight_decay, max_grad_norm=c.rl.grad_clip or None,
+            num_microbatches=c.rl.micro_batches,
+        )  # fmt: skip
+        self.train_step = rl.make_train_step(self.model_config, self.mesh, rl_cfg)
+        self.measure_kl = rl.make_measure_kl(self.model_config, self.mesh)
+        self.ref_logps = rl.make_logps_fn(self.model_config, self.mesh) if c.rl.kl_coef else None
+        if c.init_from:  # plasticity probe: this run starts from another run's weights
+            abstract = ckpt_lib.abstract_like(params)
+            step = None if c.init_from_step < 0 else c.init_from_step
+            params, _ = ckpt_lib.restore_params(c.init_from, abstract, step)
+        self.base_params = params  # π_base for KL, quadrants, local reflection (frozen)
+        self.state = self.train_step.init(params)
+        self.sampler = sampling.Sampler(self.model_config, self.tokenizer)
+        self.sampling = sampling.SamplingParams(
+            temperature=c.sampling.temperature, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
+            max_new_tokens=c.sampling.max_new_tokens,
+        )  # fmt: skip
+        self.bank = sampling.build_bank(
+            self.tokenizer, [], max_prompts=c.gepa.max_pool,
+            max_len=c.sampling.max_context_len, mode=c.sampling.context_in,
+        )  # fmt: skip
+        self.reflector = gepa_lib.Reflector(
+            reflection_lm or self._make_reflection_lm(), edit_mode=c.gepa.edit,
+            lockstep=gepa_lib.jax_lockstep() if jax.process_count() > 1 else None,
+        )  # fmt: skip
+        self.gepa_config = gepa_lib.GepaConfig(
+            minibatch_size=c.gepa.minibatch, rescore_budget=c.gepa.rescore
+        )
+        # Host-side run state (all of it goes into the checkpoint's JSON item).
+        self.step, self.cycle = 0, 0
+        self.positions = {n: 0 for n in self.tasks}
+        self.population = gepa_lib.PopulationState.new(
+            [self._seed_prompt(task_names(c)[0])], seed=c.seed, minibatch_size=c.gepa.minibatch
+        )
+        self.exported: list[str] = [self._seed_prompt(task_names(c)[0])]
+        self.running_max = evaluation.RunningMax()
+        self.last_eval: dict[str, Any] = {}
+        self.first_eval: dict[str, Any] = {}
+        self.checkpointer = ckpt_lib.Checkpointer(
+            self.workdir, ckpt_lib.flatten_config(c.to_dict()), max_to_keep=c.checkpoint.keep,
+            allow_foreign=c.resume == "force",
+        )  # fmt: skip
+        resume_step = self._maybe_restore()
+        self.writer = metrics.MetricsWriter(self.workdir, resume_step=resume_step)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _seed_prompt(self, task_name: str) -> str:
+        c = self.config.task
+        if c.seed_prompt:
+            return c.seed_prompt
+        if c.stream:
+            return c.agnostic_seed_prompt
+        return self.tasks[task_name].seed_prompt
+
+    def _make_reflection_lm(self) -> Any:
+        c = self.config.gepa
+        if jax.process_index() != 0:
+            return None  # only process 0 calls the reflection LM (its text is broadcast)
+        if c.reflection_lm != "local":
+            kw = dict(model=c.reflection_model, api_key_env=c.reflection_api_key_env,
+                      max_tokens=c.reflection_max_tokens)  # fmt: skip
+            if c.reflection_base_url:
+                kw["base_url"] = c.reflection_base_url
+            return gepa_lib.get_reflection_lm(c.reflection_lm, **kw)
+        sp = sampling.SamplingParams(temperature=c.reflection_temperature,
+                                     max_new_tokens=c.reflection_max_tokens)  # fmt: skip
+        limit = self.model_config.max_position_embeddings - c.reflection_max_tokens
+
+        def generate(conversations: list[list[dict[str, str]]]) -> list[str]:
+            for conv in conversations:
+                n = len(
+                    self.tokenizer.apply_chat_template(
+                        conv, tokenize=True, add_generation_prompt=True
+                    )
+                )
+                if n > limit:
+                    raise gepa_lib.ReflectionLMError(
+                        "context_overflow",
+                        f"reflection prompt of {n} tokens exceeds the local model's {limit}",
+                    )
+            key = _fold(self.key, _TAG_REFLECT, _text_hash(conversations))
+            return self.sampler.generate_chat(self.base_params, conversations, sp, key)
+
+        return gepa_lib.get_reflection_lm("local", generate=generate)
+
+    def _maybe_restore(self) -> int | None:
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return None
+        if self.config.resume == "never":
+            raise ConfigError(
+                f"{self.checkpointer.directory} already holds checkpoints (latest step {latest}) "
+                "and config.resume=never; use a fresh --workdir or --config.resume=auto"
+            )
+        abstract = ckpt_lib.abstract_like(
+            {"train": self.state, "rng": ckpt_lib.key_to_data(self.key)}
+        )
+        restored, meta = self.checkpointer.restore(abstract)
+        self.state = restored["train"]
+        self.key = ckpt_lib.key_from_data(restored["rng"])
+        h = meta["host"]
+        self.step, self.cycle, self.positions = h["step"], h["cycle"], dict(h["positions"])
+        self.population = gepa_lib.PopulationState.from_json(h["population"])
+        self.exported = list(h["exported"])
+        self.running_max = evaluation.RunningMax(h["running_max"])
+        self.last_eval, self.first_eval = h["last_eval"], h["first_eval"]
+        metrics.truncate_jsonl(self.workdir / metrics.METRICS_FILE, h["metrics_offset"])
+        log.info(
+            "resumed from %s at step %d (cycle %d)",
+            self.checkpointer.directory,
+            self.step,
+            self.cycle,
+        )
+        return self.step
+
+    def _save(self) -> None:
+        host = dict(
+            step=self.step, cycle=self.cycle, positions=self.positions,
+            population=self.population.to_json(), exported=self.exported,
+            running_max=self.running_max.value, last_eval=self.last_eval,
+            first_eval=self.first_eval, metrics_offset=self.writer.offset(),
+        )  # fmt: skip
+        state = {"train": self.state, "rng": ckpt_lib.key_to_data(self.key)}
+        self.checkpointer.save(self.step, state, {"host": host})
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, Any]:
+        """Runs the remaining cycles; returns the final summary dict."""
+        c, t0 = self.config, time.time()
+        if self.cycle == 0 and self.step == 0:
+            self.writer.write(0, {"run/mode": c.mode, "run/task": ",".join(task_names(c)),
+                                  "run/model": str(c.model.spec), "run/config": json.dumps(c.to_dict(), sort_keys=True)})  # fmt: skip
+            if c.eval.at_start:
+                self.first_eval = self._evaluate(final=False)
+        bar = _progress(
+            total=c.num_cycles, initial=self.cycle, desc="FST cycles", enabled=c.progress
+        )
+        while self.cycle < c.num_cycles:
+            task_name = self._task_at(self.step)
+            task, stream = self.tasks[task_name], self._stream(task_name)
+            # 1) fast weights: a GEPA round on the frozen policy, then top-K into the bank.
+            if c.mode in ("gepa", "fst", "fst_distill"):
+                self._gepa_round(task, stream)
+            # 2) slow weights: T RL steps with G rollouts per problem over the K contexts.
+            for _ in range(self.T):
+                if c.mode == "gepa":
+                    self.step += 1  # frozen weights; keep the step axis comparable
+                    continue
+                self._rl_step(task, stream)
+            self.positions[task_name] = stream.position
+            self.cycle += 1
+            last = self.cycle == c.num_cycles
+            if last or self.cycle % c.eval.every_cycles == 0:
+                self.last_eval = self._evaluate(final=last)
+            if last or self.cycle % c.checkpoint.every_cycles == 0:
+                self._save()
+            bar.update(1)
+        bar.close()
+        summary = self.summary(wall_s=time.time() - t0)
+        self.writer.close()
+        return summary
+
+    def _task_at(self, step: int) -> str:
+        names = task_names(self.config)
+        if len(names) == 1:
+            return names[0]
+        return names[min(step // self.config.task.switch_every, len(names) - 1)]
+
+    def _stream(self, task_name: str) -> DataStream:
+        return DataStream(
+            self.tasks[task_name].examples("train"), self.config.seed, self.positions[task_name]
+        )
+
+    def _gepa_round(self, task: Any, stream: DataStream) -> None:
+        c = self.config.gepa
+        anchors = stream.peek(c.anchor_size)
+        by_id = {ex.id: ex for ex in anchors}
+        calls = [0]
+        params = self.base_params if self.config.mode == "gepa" else self.state.params
+
+        def evaluate(cids: list[int], eids: list[str]):
+            """ONE sampler call for all (candidate, example) pairs (zipped)."""
+            texts = sorted({self.population.candidates[cid].text for cid in cids})
+            scores, feedbacks, rollouts = [], [], []
+            for lo in range(0, len(texts), self.bank.max_prompts):  # only if > max_pool texts
+                chunk = texts[lo : lo + self.bank.max_prompts]
+                slot = {t: i for i, t in enumerate(chunk)}
+                pairs = [(j, slot[self.population.candidates[cid].text])
+                         for j, cid in enumerate(cids) if self.population.candidates[cid].text in slot]  # fmt: skip
+                bank = self.bank.with_contexts(chunk)
+                key = _fold(self.key, _TAG_GEPA, self.cycle, calls[0], lo)
+                rows = [by_id[eids[j]] for j, _ in pairs]
+                out = self.sampler.sample(params, bank, np.asarray([s for _, s in pairs], np.int32),
+                                          [ex.question for ex in rows], key, self.sampling)  # fmt: skip
+                verdicts = task.verify_batch(rows, out.texts)
+                for (j, _), v, txt in zip(pairs, verdicts, out.texts):
+                    scores.append((j, v.reward))
+                    feedbacks.append((j, v.feedback))
+                    rollouts.append((j, txt))
+            calls[0] += 1
+            order = lambda xs: [x for _, x in sorted(xs)]  # noqa: E731
+            return order(scores), order(feedbacks), order(rollouts)
+
+        t0 = time.time()
+        report = gepa_lib.run_round(
+            self.population, evaluate, self.reflector, {ex.id: ex.question for ex in anchors},
+            c.budget, config=self.gepa_config, cycle=self.cycle,
+        )  # fmt: skip
+        top = gepa_lib.export_top_k(self.population, self.K)
+        self.exported = [e.text for e in top]
+        m = {f"gepa/{k}": v for k, v in report.metrics().items()}
+        m.update({
+            "gepa/pool_size": len(self.population.active_ids),
+            "gepa/best_anchor_score": top[0].mean_score,
+            "gepa/exported_mean_score": float(np.mean([e.mean_score for e in top])),
+            "gepa/best_context": top[0].text,
+            "gepa/round_seconds": time.time() - t0,
+            "gepa/cycle": self.cycle,
+        })  # fmt: skip
+        self.writer.write(self.step, m)
+
+    def _rl_step(self, task: Any, stream: DataStream) -> None:
+        c, G = self.config, self.G
+        t0 = time.time()
+        problems = stream.take(c.rl.batch_size)
+        rows = [ex for ex in problems for _ in range(G)]
+        group_ids = np.repeat(np.arange(len(problems), dtype=np.int32), G)
+        contexts = self.exported[: self.K] if c.mode != "rl" else [self.exported[0]]
+        per = G // len(contexts) if G % len(contexts) == 0 else 1
+        ctx_slot = np.tile(
+            np.minimum(np.arange(G) // per, len(contexts) - 1), len(problems)
+        ).astype(np.int32)
+        bank = self.bank.with_contexts(contexts)
+        distill = c.mode == "fst_distill"
+        idx = np.full_like(ctx_slot, bank.no_context) if distill else ctx_slot
+        key = _fold(self.key, _TAG_RL, self.step)
+        out = self.sampler.sample(self.state.params, bank, idx, [ex.question for ex in rows], key,
+                                  self.sampling, row_ids=np.arange(len(rows), dtype=np.int32))  # fmt: skip
+        t_sample = time.time() - t0
+        verdicts = task.verify_batch(rows, out.texts)
+        rewards = np.asarray([v.reward for v in verdicts], np.float32)
+        tokens, positions, mask, logps = (np.asarray(x) for x in jax.device_get(
+            (out.tokens, out.positions, out.completion_mask, out.logps)))  # fmt: skip
+        teacher = self._teacher_view(bank, ctx_slot, rows, out) if distill else None
+        ref = None
+        if self.ref_logps is not None:
+            ref = np.asarray(self.ref_logps(self.base_params, tokens, positions, mask))
+        batch, stats = rl.make_batch(
+            tokens, positions, mask, logps, rewards, group_ids,
+            advantage=None if distill else c.rl.advantage, aggregation=c.rl.aggregation,
+            group_size=G, ref_logps=ref, teacher=teacher,
+        )  # fmt: skip
+        self.state, dev_metrics = self.train_step(self.state, batch)
+        tm = rl.host_metrics(dev_metrics)
+        self.step += 1
+        lengths = np.asarray(out.completion_lengths)
+        m = {f"train/{k}": v for k, v in tm.items()}
+        m.update({
+            "rollout/reward_mean": float(rewards.mean()),
+            "rollout/reward_std": float(rewards.std()),
+            "rollout/response_length_mean": float(lengths.mean()),
+            "rollout/clip_ratio": float(1.0 - np.asarray(out.finished).mean()),
+            "rollout/num_contexts": len(contexts),
+            "rollout/dropped_groups": stats["dropped_groups"],
+            "rollout/num_groups": stats["num_groups"],
+            "time/sample_s": t_sample,
+            "time/step_s": time.time() - t0,
+            "data/position": stream.position,
+        })  # fmt: skip
+        for j in range(len(contexts)):
+            sel = ctx_slot == j
+            m[f"rollout/reward_context_{j}"] = float(rewards[sel].mean())
+        self.writer.write(self.step, m)
+
+    def _teacher_view(self, bank: Any, ctx_slot: np.ndarray, rows: Sequence[Any], out: Any):
+        """The student's completions placed after the prompt WITH context φ (host-side compose)."""
+        layout, comp = bank.layout, np.asarray(out.completion_tokens)
+        lengths = np.asarray(out.completion_lengths)
+        seqs = []
+        for b, ex in enumerate(rows):
+            prompt = (list(layout.encode_context(bank.texts[ctx_slot[b]])) + list(layout.encode_task(ex.question))
+                      + list(layout.suffix_ids))  # fmt: skip
+            seqs.append((prompt, comp[b, : lengths[b]].tolist()))
+        s = max(len(p) + len(cmp) for p, cmp in seqs)
+        s = -(-s // 64) * 64  # bucket the teacher length so steps share one compilation
+        tok = np.zeros((len(seqs), s), np.int32)
+        pos = np.full((len(seqs), s), -1, np.int32)
+        msk = np.zeros((len(seqs), s), np.float32)
+        for b, (p, cmp) in enumerate(seqs):
+            n = len(p) + len(cmp)
+            tok[b, :n] = p + cmp
+            pos[b, :n] = np.arange(n)
+            msk[b, len(p) : n] = 1.0
+        return tok, pos, msk
+
+    def _evaluate(self, final: bool) -> dict[str, Any]:
+        c = self.config
+        task = self.tasks[self._task_at(max(self.step - 1, 0))]
+        examples = task.examples("validation")[: c.eval.num_examples]
+        params = self.base_params if c.mode == "gepa" else self.state.params
+        m = evaluation.validate(
+            sampler=self.sampler, params=params, base_params=self.base_params, bank=self.bank,
+            best_context=self.exported[0], seed_context=self._seed_prompt(task_names(c)[0]),
+            examples=examples, task=task, k=c.eval.k, kl_examples=c.eval.kl_examples,
+            key=_fold(self.key, _TAG_EVAL, self.step), sampling=self.sampling,
+            measure_kl=self.measure_kl, running_max=self.running_max,
+            quadrants=final and c.eval.quadrants, row_multiple=self.row_multiple,
+        )  # fmt: skip
+        self.writer.write(self.step, m)
+        return m
+
+    # ------------------------------------------------------------------ end of run
+
+    def summary(self, wall_s: float) -> dict[str, Any]:
+        k = self.config.eval.k
+        key = f"val/mean@{k}"
+        s = {
+            "workdir": str(self.workdir), "mode": self.config.mode, "steps": self.step,
+            "cycles": self.cycle, "wall_s": round(wall_s, 1),
+            "val_start": self.first_eval.get(key), "val_end": self.last_eval.get(key),
+            "val_running_max": self.running_max.value,
+            "val_no_context_start": self.first_eval.get(f"{key}_no_context"),
+            "val_no_context_end": self.last_eval.get(f"{key}_no_context"),
+            "kl_to_base_end": self.last_eval.get(evaluation.KL_KEY),
+            "population": len(self.population.candidates), "best_context": self.exported[0],
+            "checkpoints": self.checkpointer.all_steps(),
+            "quadrants": {q: v for q, v in self.last_eval.items() if q.startswith("val/quadrant/")},
+        }  # fmt: skip
+        if self.is_main and self.config.summary:
+            from fst_jax.analysis import load_runs, plot_kl_vs_reward
+
+            png = self.workdir / "kl_vs_reward.png"
+            self.writer.close()
+            plot_kl_vs_reward(load_runs([self.workdir]), png, k=k)
+            s["png"] = str(png)
+        return s
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The one-screen end-of-run summary."""
+    f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
+    lines = [
+        "=" * 72,
+        f"fst-train summary  mode={s['mode']}  steps={s['steps']}  cycles={s['cycles']}  wall={s['wall_s']}s",
+        f"  val mean@k      start {f(s['val_start'])}  ->  end {f(s['val_end'])}   running max {f(s['val_running_max'])}",
+        f"  no context      start {f(s['val_no_context_start'])}  ->  end {f(s['val_no_context_end'])}",
+        f"  KL(pi || base)  end {f(s['kl_to_base_end'])}",
+    ]
+    for q, v in s["quadrants"].items():
+        lines.append(f"  {q.removeprefix('val/quadrant/'):<22} {f(v)}")
+    best = s["best_context"].replace("\n", " ")
+    lines += [
+        f"  population      {s['population']} candidates; best context: {best[:200]!r}",
+        f"  checkpoints     {s['checkpoints']} in {s['workdir']}/checkpoints",
+        f"  metrics         {s['workdir']}/metrics.jsonl  (TensorBoard: {s['workdir']}/tensorboard)",
+    ]
+    if "png" in s:
+        lines.append(f"  KL vs reward    {s['png']}")
+    lines.append("=" * 72)
+    return "\n".join(lines)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled or jax.process_index() != 0:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="cycle")

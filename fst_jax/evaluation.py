@@ -1,0 +1,186 @@
+"""Validation: mean@k with the best context and with none, running max, quadrants, KL to base.
+
+* ``val/mean@k``: each validation problem is sampled k times (k = 4 in the paper) with the best
+  exported context; the score is the mean reward over problems × samples.
+* ``val/mean@k_no_context``: the same without any context (the paper's OOD protocol, "evaluated
+  with no GEPA prompt"), which isolates what the slow weights learned.
+* ``val/mean@k_running_max``: the running maximum over evaluations (the paper plots it).
+* ``val/kl_to_base``: KL(π_θ ‖ π_base) on held-out prompts, without context ("slow-weight
+  displacement", paper §2.5): completions are sampled from π_θ and the exact full-vocabulary
+  per-token KL is averaged over their tokens (``k1``/``k3`` Monte-Carlo estimates logged too).
+* Quadrants (paper P-v2 ``indist_quadrants``): {base, trained} weights × {seed, trained}
+  context, mean@k each.
+
+Everything samples through one :class:`fst_jax.sampling.Sampler` call per (weights, context)
+setting; the bank passed in has fixed shapes, so evaluations never recompile the sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from fst_jax.sampling import PromptBank, Sampler, SamplingParams
+
+KL_KEY = "val/kl_to_base"
+
+
+@dataclasses.dataclass
+class MeanAtK:
+    mean: float  # over problems × samples
+    per_example: list[float]  # mean over the k samples of each problem
+    rollouts: Any  # the sampler's Rollouts (rows = problem-major, k per problem)
+    verdict_status: dict[str, int]
+
+
+def mean_at_k(
+    sampler: Sampler,
+    params: Any,
+    bank: PromptBank,
+    slot: int,
+    examples: Sequence[Any],
+    task: Any,
+    k: int,
+    key: jax.Array,
+    sampling: SamplingParams,
+) -> MeanAtK:
+    """k samples per example under bank row ``slot`` (``bank.no_context`` for none), verified."""
+    if not examples:
+        raise ValueError("validation set is empty; raise eval.num_examples or check the task split")
+    if k < 1:
+        raise ValueError(f"eval.k must be >= 1, got {k}")
+    rows = [ex for ex in examples for _ in range(k)]
+    idx = np.full((len(rows),), slot, np.int32)
+    out = sampler.sample(
+        params, bank, idx, [ex.question for ex in rows], key, sampling,
+        row_ids=np.arange(len(rows), dtype=np.int32),
+    )  # fmt: skip
+    verdicts = task.verify_batch(rows, out.texts)
+    rewards = np.asarray([v.reward for v in verdicts], np.float64).reshape(len(examples), k)
+    status: dict[str, int] = {}
+    for v in verdicts:
+        status[v.status] = status.get(v.status, 0) + 1
+    return MeanAtK(float(rewards.mean()), rewards.mean(1).tolist(), out, status)
+
+
+class _KLBatch:
+    """The three arrays ``measure_kl`` reads, padded to a row multiple with empty rows."""
+
+    def __init__(self, rollouts: Any, rows: int, multiple: int) -> None:
+        take = lambda x: np.asarray(jax.device_get(x))[:rows]  # noqa: E731
+        tokens, positions, mask = (
+            take(rollouts.tokens), take(rollouts.positions), take(rollouts.completion_mask)
+        )  # fmt: skip
+        pad = (-rows) % max(multiple, 1)
+        if pad:
+            tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), tokens.dtype)])
+            positions = np.concatenate(
+                [positions, np.full((pad, positions.shape[1]), -1, positions.dtype)]
+            )
+            mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), mask.dtype)])
+        self.tokens, self.positions, self.completion_mask = tokens, positions, mask
+
+
+def kl_to_base(
+    measure_kl: Callable[[Any, Any, Any], dict[str, Any]],
+    params: Any,
+    base_params: Any,
+    rollouts: Any,
+    rows: int,
+    row_multiple: int = 1,
+) -> dict[str, float]:
+    """KL(π_θ ‖ π_base) on the first ``rows`` rollouts (sampled from π_θ)."""
+    out = jax.device_get(measure_kl(params, base_params, _KLBatch(rollouts, rows, row_multiple)))
+    return {
+        KL_KEY: float(out["full"]),
+        "val/kl_k1": float(out["k1"]),
+        "val/kl_k3": float(out["k3"]),
+        "val/kl_tokens": float(out["tokens"]),
+    }
+
+
+@dataclasses.dataclass
+class RunningMax:
+    """Running maximum of val/mean@k across evaluations (checkpointed with the run)."""
+
+    value: float = float("-inf")
+
+    def update(self, x: float) -> float:
+        self.value = max(self.value, float(x))
+        return self.value
+
+
+def validate(
+    *,
+    sampler: Sampler,
+    params: Any,
+    base_params: Any,
+    bank: PromptBank,
+    best_context: str,
+    seed_context: str,
+    examples: Sequence[Any],
+    task: Any,
+    k: int,
+    kl_examples: int,
+    key: jax.Array,
+    sampling: SamplingParams,
+    measure_kl: Callable[[Any, Any, Any], dict[str, Any]] | None,
+    running_max: RunningMax,
+    quadrants: bool = False,
+    row_multiple: int = 1,
+) -> dict[str, Any]:
+    """One evaluation: mean@k (best context, no context), running max, KL, optional quadrants.
+
+    ``bank`` is refilled with [best_context, seed_context] (same shapes → no recompilation).
+    Keys are split per setting so a setting's samples do not depend on which others ran.
+    """
+    bank = bank.with_contexts([best_context, seed_context])
+    k_best, k_none, k_qb, k_qs = jax.random.split(key, 4)
+    best = mean_at_k(sampler, params, bank, 0, examples, task, k, k_best, sampling)
+    none = mean_at_k(sampler, params, bank, bank.no_context, examples, task, k, k_none, sampling)
+    m: dict[str, Any] = {
+        f"val/mean@{k}": best.mean,
+        f"val/mean@{k}_no_context": none.mean,
+        f"val/mean@{k}_running_max": running_max.update(best.mean),
+        "val/num_examples": len(examples),
+        "val/best_context_chars": len(best_context),
+    }
+    for status, n in sorted(best.verdict_status.items()):
+        m[f"val/status/{status}"] = n / (len(examples) * k)
+    if measure_kl is not None and kl_examples > 0:
+        # Held-out prompts without context; one sample per prompt from the no-context rollouts.
+        n_kl = min(kl_examples, len(examples))
+        first = _first_sample_rows(none.rollouts, n_kl, k)
+        m.update(kl_to_base(measure_kl, params, base_params, first, n_kl, row_multiple))
+    if quadrants:
+        # base weights × {seed, trained} context; trained weights' cells are the runs above,
+        # except trained weights × seed context.
+        qs = {
+            "base_w/seed_p": mean_at_k(sampler, base_params, bank, 1, examples, task, k, k_qb, sampling),
+            "base_w/trained_p": mean_at_k(sampler, base_params, bank, 0, examples, task, k, k_qb, sampling),
+            "trained_w/seed_p": mean_at_k(sampler, params, bank, 1, examples, task, k, k_qs, sampling),
+            "trained_w/trained_p": best,
+        }  # fmt: skip
+        for name, r in qs.items():
+            m[f"val/quadrant/{name}"] = r.mean
+    return m
+
+
+class _Rows:
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+
+def _first_sample_rows(rollouts: Any, n: int, k: int) -> Any:
+    """Rows 0, k, 2k, ...: the first sample of each of the first n problems."""
+    sel = np.arange(n) * k
+    get = lambda x: np.asarray(jax.device_get(x))[sel]  # noqa: E731
+    return _Rows(
+        tokens=get(rollouts.tokens),
+        positions=get(rollouts.positions),
+        completion_mask=get(rollouts.completion_mask),
+    )
