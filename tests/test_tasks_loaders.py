@@ -63,7 +63,7 @@ def _codeio_answer(ex):
 
 def _check_codeio(task):
     exs = _all(task)
-    assert len(exs) == 7  # 3 + 2 + 2 ios: nothing silently dropped
+    assert len(exs) == 14  # (3 + 2 + 2 ios) x 2 directions: nothing silently dropped
     assert {e.gold["funcname"] for e in exs} == {"main_solution", "area", "shout"}
     assert any(e.gold["direction"] == "input" for e in exs)
     assert all("Tip: here is a reference code snippet" in e.question for e in exs)

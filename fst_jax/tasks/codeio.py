@@ -279,6 +279,11 @@ class CodeIOTask(Task):
         out, seen = [], set()
         for n, row in enumerate(rows):
             where = f"codeio row {n}"
+            if isinstance(row.get("ios"), str):  # some dumps store ios as a JSON string
+                try:
+                    row = {**row, "ios": json.loads(row["ios"])}
+                except ValueError as e:
+                    raise ValueError(f"{where}: field 'ios' is a string but not JSON ({e}).") from e
             require(
                 row,
                 {
@@ -290,25 +295,27 @@ class CodeIOTask(Task):
                 },
                 where,
             )
+            real = {"desc": row["problem_description"], "io": row["io_requirements"]}
+            # As CodeI/O: up to 3 ios per function, in each requested direction.
+            directions = ["output", "input"] if self.mode == "both" else [self.mode]
             for j, io in enumerate(row["ios"][:3]):
                 if not isinstance(io, dict) or "input" not in io or "output" not in io:
                     raise ValueError(f"{where}, ios[{j}]: needs keys 'input' and 'output'.")
                 if not isinstance(io["input"], dict):
                     raise ValueError(f"{where}, ios[{j}].input: must be a dict of kwargs.")
-                rng = random.Random(f"codeio-real:{self.seed}:{n}:{j}")
-                real = {"desc": row["problem_description"], "io": row["io_requirements"]}
-                ex = self._make(
-                    self._directions(rng)[0],
-                    row["refcode"],
-                    row["funcname"],
-                    io["input"],
-                    io["output"],
-                    {"source": "real", "row": n},
-                    real,
-                )
-                if ex.id not in seen:
-                    seen.add(ex.id)
-                    out.append(ex)
+                for direction in directions:
+                    ex = self._make(
+                        direction,
+                        row["refcode"],
+                        row["funcname"],
+                        io["input"],
+                        io["output"],
+                        {"source": "real", "row": n},
+                        real,
+                    )
+                    if ex.id not in seen:
+                        seen.add(ex.id)
+                        out.append(ex)
         return out
 
     # --- verification -----------------------------------------------------------------------
