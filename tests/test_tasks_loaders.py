@@ -138,7 +138,7 @@ def test_math_polaris_jsonl_and_parquet(tmp_path):
     )
     path = tmp_path / "polaris-data-53K.jsonl"
     write_jsonl(str(path), rows)
-    task = get_task("math", source="real", path=str(path))
+    task = get_task("math", source="polaris", path=str(path))
     exs = _all(task)
     assert len(exs) == len(rows)
     for e in exs:

@@ -145,8 +145,12 @@ class MathTask(Task):
         holdout: int | None = None,
     ):
         super().__init__()
+        if source == "polaris":  # alias: the real Polaris loader
+            source = "real"
         if source not in ("generated", "gsm_symbolic", "real"):
-            raise ValueError(f"math source {source!r}: use 'generated', 'gsm_symbolic' or 'real'.")
+            raise ValueError(
+                f"math source {source!r}: use 'generated', 'gsm_symbolic' or 'real' (alias 'polaris')."
+            )
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"math difficulty {difficulty!r}: use one of {list(DIFFICULTIES)}.")
         self.source, self.difficulty, self.seed = source, difficulty, seed
