@@ -320,3 +320,19 @@ def test_registry_errors():
         get_task("physics").examples("valid")
     with pytest.raises(ValueError, match="num_nodes >= "):
         get_task("star_graph", degree=5, path_len=5, num_nodes=10)
+
+
+def test_math_lite_accepts_last_number():
+    lite = get_task("math", difficulty="lite")
+    assert lite.answer_format == "last_number"
+    ex = Example("m", "Eva has 8 books. Then the number of books triples. How many?", "24")
+    assert lite.verify(ex, "8 times 3 is 24. So Eva has 24 books.").reward == 1.0
+    assert lite.verify(ex, "She has 1,024 books.").status == "incorrect"
+    assert lite.verify(ex, "8 times 3 = 25").status == "incorrect"
+    assert lite.verify(ex, "24 ... \\boxed{23}").reward == 0.0  # a \boxed{} answer wins
+    assert lite.verify(ex, "I do not know.").status == "no_answer"
+    strict = get_task("math", difficulty="lite", answer_format="boxed")
+    assert strict.verify(ex, "So Eva has 24 books.").status == "no_answer"
+    assert get_task("math").verify(ex, "So Eva has 24 books.").status == "no_answer"
+    with pytest.raises(ValueError, match="answer_format"):
+        get_task("math", answer_format="json")

@@ -114,6 +114,7 @@ def answers_match(pred: str, gold: str) -> bool:
     return bool(verify(gp, pp, **({} if main else {"timeout_seconds": None})))
 
 
+_LAST_NUM_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
 _PLAIN = re.compile(
     r"^\$?\s*[-+]?(?:\d{1,3}(?:,\d{3})+|\d+|(?=\.))(?:\.\d+)?\s*(?:\\?%)?\s*(?:\\text\{[^{}]*\})?\s*\$?$"
 )
@@ -142,7 +143,7 @@ class MathTask(Task):
         hf_id: str | None = None,
         tfds_name: str | None = None,
         tfds_dir: str | None = None,
-        holdout: int | None = None,
+        answer_format: str | None = None,
     ):
         super().__init__()
         if source == "polaris":  # alias: the real Polaris loader
@@ -158,7 +159,14 @@ class MathTask(Task):
         self.real = {"path": path, "hf_id": hf_id, "tfds_name": tfds_name, "tfds_dir": tfds_dir}
         if source == "real" and not any(self.real.values()):
             self.real["hf_id"] = POLARIS_ID
-        self.holdout = holdout
+        # "boxed": only the last \boxed{} counts (DeepScaleR). "last_number": the last \boxed{}
+        # if any, else the last number in the text (GSM8K-style); the default for "lite",
+        # because a 135M model rarely writes \boxed{} (SmolLM2: 0/64 boxed answers).
+        if answer_format is None:
+            answer_format = "last_number" if difficulty == "lite" else "boxed"
+        if answer_format not in ("boxed", "last_number"):
+            raise ValueError(f"math answer_format {answer_format!r}: use 'boxed' or 'last_number'.")
+        self.answer_format = answer_format
         self._rows: list[Example] | None = None
 
     def _load_split(self, split: str) -> list[Example]:
@@ -243,6 +251,18 @@ class MathTask(Task):
         pred, reason = last_boxed(completion)
         solution = example.metadata.get("solution") or ""
         ref = f" Reference solution: {solution}" if solution else ""
+        if reason == "no_boxed" and self.answer_format == "last_number":
+            nums = _LAST_NUM_RE.findall(completion)
+            if nums:
+                pred = nums[-1].replace(",", "").rstrip(".")
+                if answers_match(pred, gold):
+                    return Verdict(1.0, "correct", f"Your answer {pred} is correct.")
+                return Verdict(
+                    0.0,
+                    "incorrect",
+                    f"Your final number {pred} is incorrect (put the final answer within "
+                    f"\\boxed{{}}). The correct answer is {gold}.{ref}",
+                )
         if reason == "no_boxed":
             return Verdict(
                 0.0,
