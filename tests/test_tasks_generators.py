@@ -4,6 +4,7 @@ scripted oracle scores 1.0 on every example, random answers score about chance."
 import collections
 import hashlib
 import json
+import os
 import random
 import re
 import subprocess
@@ -84,6 +85,7 @@ def test_byte_identical_across_processes():
         env=env,
         timeout=300,
         check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert json.loads(out.stdout) == [_digest(n, kw) for n, kw in CONFIGS]
 
