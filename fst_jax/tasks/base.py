@@ -148,6 +148,8 @@ class Task:
     # verify_batch runs in a process pool for CPU-heavy verifiers; sandboxed tasks use threads
     # (each verification already runs in its own sandbox process).
     parallel: str = "none"  # "none" | "process" | "thread"
+    # Attributes not sent to verification workers (loaded rows; rebuilt lazily if needed).
+    _transient: tuple[str, ...] = ()
 
     def __init__(self):
         self._cache: dict[str, list[Example]] = {}
@@ -230,6 +232,8 @@ class Task:
         state = dict(self.__dict__)
         state["_pool"] = None
         state["_cache"] = {}  # workers only verify; examples are regenerated on demand
+        for name in self._transient:
+            state[name] = None
         return state
 
     def __repr__(self) -> str:

@@ -135,6 +135,7 @@ class CodeIOTask(Task):
 
     name = "codeio"
     parallel = "thread"  # input prediction runs one sandbox process per verification
+    _transient = ("_all",)
     seed_prompt = "Trace the code step by step, then give the final answer as one JSON object on the last line."
 
     def __init__(

@@ -131,6 +131,7 @@ class MathTask(Task):
 
     name = "math"
     parallel = "process"  # math-verify is CPU-bound and uses signal timeouts (main thread)
+    _transient = ("_rows",)
     seed_prompt = "Let's think step by step and output the final answer within \\boxed{}."
 
     def __init__(
