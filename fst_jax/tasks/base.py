@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 SPLITS = ("train", "validation", "test")
@@ -207,7 +208,7 @@ class Task:
         fn = self.verify if self.parallel == "thread" else _worker_verify
         try:
             return list(pool.map(fn, examples, completions, chunksize=1))
-        except concurrent.futures.process.BrokenProcessPool:
+        except BrokenProcessPool:
             self.close()
             return [self.verify(e, c) for e, c in zip(examples, completions)]
 

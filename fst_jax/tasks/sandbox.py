@@ -143,6 +143,12 @@ try:
 except MemoryError:
     ACTIVE[0] = False
     status, out = "refused", {"message": "MemoryError: memory limit exceeded"}
+except OSError as e:
+    ACTIVE[0] = False
+    if e.errno == 27:  # EFBIG: Python ignores SIGXFSZ, so the file-size cap surfaces here
+        status, out = "refused", {"message": "file size limit exceeded"}
+    else:
+        status, out = "error", {"message": f"{type(e).__name__}: {str(e)[:500]}"}
 except BaseException as e:
     ACTIVE[0] = False
     status = "error"
@@ -251,32 +257,42 @@ def run_python(
             "OPENBLAS_NUM_THREADS": "1",
         }
         t0 = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=tmp,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                preexec_fn=_preexec(limits),
-                close_fds=True,
-            )
-        except OSError as e:
-            return SandboxResult("error", message=f"could not start the sandbox process: {e}")
-        try:
-            out, err = proc.communicate(payload.encode(), timeout=limits.wall_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.communicate()
-            return SandboxResult(
-                "timeout",
-                message=f"wall time limit {limits.wall_s}s exceeded",
-                elapsed_s=time.monotonic() - t0,
-            )
-        finally:
-            _kill_group(proc)
+        # stdout/stderr go to files in the temp dir, so RLIMIT_FSIZE also bounds how much the
+        # child can make the caller read.
+        out_path, err_path = os.path.join(tmp, "_stdout"), os.path.join(tmp, "_stderr")
+        with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    cwd=tmp,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=out_f,
+                    stderr=err_f,
+                    preexec_fn=_preexec(limits),
+                    close_fds=True,
+                )
+            except OSError as e:
+                return SandboxResult("error", message=f"could not start the sandbox process: {e}")
+            try:
+                proc.communicate(payload.encode(), timeout=limits.wall_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                proc.wait()
+                return SandboxResult(
+                    "timeout",
+                    message=f"wall time limit {limits.wall_s}s exceeded",
+                    elapsed_s=time.monotonic() - t0,
+                )
+            finally:
+                _kill_group(proc)
         elapsed = time.monotonic() - t0
+        cap = limits.max_output_chars * 4 + 4096
+        with open(out_path, "rb") as f:
+            out = f.read(cap)
+        with open(err_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(err_path) - 4096))
+            err = f.read()
         return _parse(out, err, proc.returncode, nonce, limits, elapsed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -306,6 +322,8 @@ def _parse(out: bytes, err: bytes, rc: int, nonce: str, limits: SandboxLimits, e
     if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
         return SandboxResult("refused", message="file size limit exceeded", elapsed_s=elapsed)
     tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {rc}"]
+    if "[Errno 27]" in tail[0]:
+        return SandboxResult("refused", message="file size limit exceeded", elapsed_s=elapsed)
     if "MemoryError" in tail[0]:
         return SandboxResult("refused", message="memory limit exceeded", elapsed_s=elapsed)
     return SandboxResult(
