@@ -226,7 +226,9 @@ class Controller:
             params, _ = ckpt_lib.restore_params(c.init_from, abstract, step)
         self.base_params = params  # π_base for KL, quadrants, local reflection (frozen)
         self.state = self.train_step.init(params)
-        self.sampler = sampling.Sampler(self.model_config, self.tokenizer)
+        self.sampler = _ProgressSampler(
+            sampling.Sampler(self.model_config, self.tokenizer), enabled=c.progress
+        )
         self.sampling = sampling.SamplingParams(
             temperature=c.sampling.temperature, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
             max_new_tokens=c.sampling.max_new_tokens,
@@ -285,15 +287,16 @@ class Controller:
 
         def generate(conversations: list[list[dict[str, str]]]) -> list[str]:
             for conv in conversations:
-                n = len(
-                    self.tokenizer.apply_chat_template(
-                        conv, tokenize=True, add_generation_prompt=True
-                    )
+                text = self.tokenizer.apply_chat_template(
+                    conv, tokenize=False, add_generation_prompt=True
                 )
-                if n > limit:
+                n = len(self.tokenizer.encode(text, add_special_tokens=False))
+                bucket = next((b for b in self.sampler.task_buckets if b >= n), n)
+                if bucket > limit:  # the sampler pads the prompt to its bucket
                     raise gepa_lib.ReflectionLMError(
                         "context_overflow",
-                        f"reflection prompt of {n} tokens exceeds the local model's {limit}",
+                        f"reflection prompt of {n} tokens (bucket {bucket}) + {c.reflection_max_tokens} "
+                        f"new tokens exceeds the local model's {self.model_config.max_position_embeddings}",
                     )
             key = _fold(self.key, _TAG_REFLECT, _text_hash(conversations))
             return self.sampler.generate_chat(self.base_params, conversations, sp, key)
@@ -373,7 +376,13 @@ class Controller:
             if last or self.cycle % c.checkpoint.every_cycles == 0:
                 self._save()
             bar.update(1)
+            bar.set_postfix_str(
+                f"step {self.step} val {self.last_eval.get(f'val/mean@{c.eval.k}', 'n/a')}"
+            )
         bar.close()
+        self.sampler.close()
+        for task in self.tasks.values():
+            task.close()
         summary = self.summary(wall_s=time.time() - t0)
         self.writer.close()
         return summary
@@ -394,6 +403,10 @@ class Controller:
         anchors = stream.peek(c.anchor_size)
         by_id = {ex.id: ex for ex in anchors}
         calls = [0]
+        carried = len(self.population.exported_ids) or len(self.population.candidates)
+        bar = _progress(c.budget + carried * len(anchors), 0, f"GEPA round {self.cycle}",
+                        self.config.progress, unit="rollout")  # fmt: skip
+        self.sampler.phase = "gepa"
         params = self.base_params if self.config.mode == "gepa" else self.state.params
 
         def evaluate(cids: list[int], eids: list[str]):
@@ -416,6 +429,7 @@ class Controller:
                     feedbacks.append((j, v.feedback))
                     rollouts.append((j, txt))
             calls[0] += 1
+            bar.update(len(cids))
             order = lambda xs: [x for _, x in sorted(xs)]  # noqa: E731
             return order(scores), order(feedbacks), order(rollouts)
 
@@ -424,6 +438,7 @@ class Controller:
             self.population, evaluate, self.reflector, {ex.id: ex.question for ex in anchors},
             c.budget, config=self.gepa_config, cycle=self.cycle,
         )  # fmt: skip
+        bar.close()
         top = gepa_lib.export_top_k(self.population, self.K)
         self.exported = [e.text for e in top]
         m = {f"gepa/{k}": v for k, v in report.metrics().items()}
@@ -432,7 +447,7 @@ class Controller:
             "gepa/best_anchor_score": top[0].mean_score,
             "gepa/exported_mean_score": float(np.mean([e.mean_score for e in top])),
             "gepa/best_context": top[0].text,
-            "gepa/round_seconds": time.time() - t0,
+            "time/gepa_round_s": time.time() - t0,
             "gepa/cycle": self.cycle,
         })  # fmt: skip
         self.writer.write(self.step, m)
@@ -452,6 +467,7 @@ class Controller:
         distill = c.mode == "fst_distill"
         idx = np.full_like(ctx_slot, bank.no_context) if distill else ctx_slot
         key = _fold(self.key, _TAG_RL, self.step)
+        self.sampler.phase = f"rl step {self.step + 1}"
         out = self.sampler.sample(self.state.params, bank, idx, [ex.question for ex in rows], key,
                                   self.sampling, row_ids=np.arange(len(rows), dtype=np.int32))  # fmt: skip
         t_sample = time.time() - t0
@@ -516,6 +532,7 @@ class Controller:
         task = self.tasks[self._task_at(max(self.step - 1, 0))]
         examples = task.examples("validation")[: c.eval.num_examples]
         params = self.base_params if c.mode == "gepa" else self.state.params
+        self.sampler.phase = "eval"
         m = evaluation.validate(
             sampler=self.sampler, params=params, base_params=self.base_params, bank=self.bank,
             best_context=self.exported[0], seed_context=self._seed_prompt(task_names(c)[0]),
@@ -585,10 +602,33 @@ class _NoBar:
     def close(self) -> None:
         pass
 
+    def set_postfix_str(self, s: str) -> None:
+        pass
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
+
+def _progress(total: int | None, initial: int, desc: str, enabled: bool, unit: str = "cycle"):
     if not enabled or jax.process_index() != 0:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="cycle")
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+
+
+class _ProgressSampler:
+    """The sampler plus a tqdm bar counting rollouts, labelled with the current phase."""
+
+    def __init__(self, sampler: sampling.Sampler, enabled: bool) -> None:
+        self._sampler, self.phase = sampler, ""
+        self._bar = _progress(None, 0, "sampling", enabled, unit="rollout")
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        self._bar.set_postfix_str(self.phase)
+        out = self._sampler.sample(*args, **kwargs)
+        self._bar.update(len(out.texts))
+        return out
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sampler, name)

@@ -23,6 +23,9 @@ class ParityTask(task_base.Task):
     name = "ctl_parity"
     seed_prompt = "Reply with one word."
 
+    def __init__(self, **kwargs):  # accepts (and ignores) the default config's task kwargs
+        super().__init__()
+
     def _load_split(self, split):
         lo = {"train": 0, "validation": 1000, "test": 2000}[split]
         return [

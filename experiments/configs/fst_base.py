@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # -1 fills the remaining devices
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.devices = -1  # use the first N devices only (-1 = all); handy for CPU tests
 
     c.task = ml_collections.ConfigDict()
     c.task.name = "codeio"
