@@ -234,12 +234,16 @@ class Checkpointer:
 
 
 def restore_params(
-    checkpoint_dir: str | os.PathLike, abstract_params: Any, step: int | None = None
+    checkpoint_dir: str | os.PathLike,
+    abstract_params: Any,
+    step: int | None = None,
+    keys: tuple[str, ...] = ("params",),
 ) -> tuple[Any, dict[str, Any]]:
     """Loads only the params of a run's checkpoint (plasticity probe: fresh RL from any step).
 
     ``checkpoint_dir`` is a workdir or its ``checkpoints`` folder. The optimiser state is not
-    read, and the fingerprint is not checked (a probe is a new run by design).
+    read, and the fingerprint is not checked (a probe is a new run by design). ``keys`` is the
+    params' path inside the saved state (the controller saves them under ``train/params``).
     """
     path = Path(checkpoint_dir).absolute()
     if (path / CHECKPOINT_DIR).is_dir():
@@ -251,21 +255,31 @@ def restore_params(
     if step is None or step not in mgr.all_steps():
         raise CheckpointError(f"no checkpoint step {step} in {path}; have {mgr.all_steps()}")
     meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    item: Any = abstract_params
+    for k in reversed(keys):
+        item = {k: item}
     restored = mgr.restore(
         step,
         args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
-                item={"params": abstract_params},
+                item=item,
                 restore_args=jax.tree.map(
-                    lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype),
-                    {"params": abstract_params},
+                    lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), item
                 ),
                 partial_restore=True,
             )
         ),
     )
     mgr.close()
-    leaves = jax.tree.leaves(restored.state["params"])
+    tree = restored.state
+    for k in keys:
+        tree = tree[k]
+    leaves = jax.tree.leaves(tree)
+    if not leaves or any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
+        raise CheckpointError(
+            f"checkpoint step {step} in {path} holds no params under {'/'.join(keys)}; point "
+            "init_from at a workdir written by fst-train"
+        )
     params = jax.tree.unflatten(jax.tree.structure(abstract_params), leaves)
     return params, dict(meta)
 

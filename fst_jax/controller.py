@@ -223,7 +223,9 @@ class Controller:
         if c.init_from:  # plasticity probe: this run starts from another run's weights
             abstract = ckpt_lib.abstract_like(params)
             step = None if c.init_from_step < 0 else c.init_from_step
-            params, _ = ckpt_lib.restore_params(c.init_from, abstract, step)
+            params, _ = ckpt_lib.restore_params(
+                c.init_from, abstract, step, keys=("train", "params")
+            )
         self.base_params = params  # π_base for KL, quadrants, local reflection (frozen)
         self.state = self.train_step.init(params)
         self.sampler = _ProgressSampler(
@@ -402,7 +404,7 @@ class Controller:
         c = self.config.gepa
         anchors = stream.peek(c.anchor_size)
         by_id = {ex.id: ex for ex in anchors}
-        calls = [0]
+        calls, overlong = [0], [0]
         carried = len(self.population.exported_ids) or len(self.population.candidates)
         bar = _progress(c.budget + carried * len(anchors), 0, f"GEPA round {self.cycle}",
                         self.config.progress, unit="rollout")  # fmt: skip
@@ -413,6 +415,19 @@ class Controller:
             """ONE sampler call for all (candidate, example) pairs (zipped)."""
             texts = sorted({self.population.candidates[cid].text for cid in cids})
             scores, feedbacks, rollouts = [], [], []
+            # A proposed context longer than the bank's row cannot be sampled: it scores 0 with
+            # feedback saying so (GEPA then rejects it), and the count is logged.
+            too_long = {
+                t for t in texts if len(self.bank.layout.encode_context(t)) > self.bank.max_len
+            }
+            for j, cid in enumerate(cids):
+                if self.population.candidates[cid].text in too_long:
+                    scores.append((j, 0.0))
+                    feedbacks.append((j, f"The context is too long: it must render to at most "
+                                         f"{self.bank.max_len} tokens. Make it shorter."))  # fmt: skip
+                    rollouts.append((j, ""))
+                    overlong[0] += 1
+            texts = [t for t in texts if t not in too_long]
             for lo in range(0, len(texts), self.bank.max_prompts):  # only if > max_pool texts
                 chunk = texts[lo : lo + self.bank.max_prompts]
                 slot = {t: i for i, t in enumerate(chunk)}
@@ -449,6 +464,7 @@ class Controller:
             "gepa/best_context": top[0].text,
             "time/gepa_round_s": time.time() - t0,
             "gepa/cycle": self.cycle,
+            "gepa/overlong_rollouts": overlong[0],
         })  # fmt: skip
         self.writer.write(self.step, m)
 

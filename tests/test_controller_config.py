@@ -1,0 +1,104 @@
+"""Bad input (config, task names, K/G/batch, foreign workdirs), task streams, plasticity probe."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from test_controller_e2e import ParityTask, ScriptedLM, tiny_config
+
+from fst_jax import checkpoint as ckpt
+from fst_jax import controller, gepa, metrics
+from fst_jax.tasks import base as task_base
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class OddTask(ParityTask):
+    name = "ctl_odd"
+
+    def _verify(self, example, completion):
+        ok = bool(completion) and ord(completion[0]) % 2 == 1
+        return task_base.Verdict(float(ok), "correct" if ok else "wrong", "odd code point wanted")
+
+
+if "ctl_odd" not in task_base.list_tasks():
+    task_base.register_task("ctl_odd")(OddTask)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"mode": "fsst"}, "Did you mean 'fst'"),
+        ({"task.name": "ctl_parit"}, "unknown task 'ctl_parit'.*Did you mean 'ctl_parity'"),
+        ({"gepa.k": 3}, r"gepa.k=3 contexts must divide rl.group_size=4.*--config.gepa.k=2"),
+        ({"rl.batch_size": 3, "mesh.devices": -1}, "12 rows cannot be split.*8 data×fsdp shards"),
+        ({"gepa.minibatch": 9}, "exceeds gepa.anchor_size"),
+        ({"task.stream": "ctl_parity,ctl_odd"}, "switch_every"),
+        ({"resume": "maybe"}, "auto, force or never"),
+    ],
+)
+def test_bad_configs_name_the_fix(edit, match):
+    c = tiny_config()
+    for key, value in edit.items():
+        node, *path = key.split(".")
+        if path:
+            c[node][path[0]] = value
+        else:
+            c[node] = value
+    with pytest.raises(controller.ConfigError, match=match):
+        shards = 8 if edit.get("mesh.devices") == -1 else 1
+        controller.validate_config(c, shards)
+
+
+def _cli(*flags):
+    return subprocess.run(
+        [sys.executable, "-m", "fst_jax.main", *flags], cwd=REPO, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_unknown_key_and_task(tmp_path):
+    r = _cli("--config.rl.group_sze=3", f"--workdir={tmp_path}")
+    assert r.returncode != 0 and 'Did you mean "group_size"' in r.stderr
+    r = _cli("--config.task.name=mathh", "--config.mesh.devices=1", f"--workdir={tmp_path}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "unknown task 'mathh'" in r.stderr and "Did you mean 'math'" in r.stderr
+
+
+def test_refuses_foreign_workdir_unless_forced(tmp_path):
+    other = tiny_config()
+    other.rl.lr = 0.5
+    dummy = {"x": np.zeros(2, np.float32)}
+    ckpt.Checkpointer(tmp_path, ckpt.flatten_config(other.to_dict())).save(2, dummy, {"host": {}})
+    with pytest.raises(ckpt.CheckpointError, match=r"another run.*rl\.lr.*--config.resume=force"):
+        controller.Controller(tiny_config(), tmp_path)
+    c = tiny_config()
+    c.resume = "never"
+    with pytest.raises(ckpt.CheckpointError, match="another run"):
+        controller.Controller(c, tmp_path)
+
+
+def test_task_stream_then_plasticity_probe(tmp_path):
+    c = tiny_config("fst")
+    c.task.stream, c.task.switch_every = "ctl_parity,ctl_odd", 2
+    c.sampling.max_context_len = 192  # the task-agnostic seed is longer than the tiny default
+    lm = gepa.get_reflection_lm("local", generate=ScriptedLM())
+    ctl = controller.Controller(c, tmp_path / "stream", reflection_lm=lm)
+    ctl.run()
+    assert ctl.positions == {"ctl_parity": 4, "ctl_odd": 4}
+    assert ctl.population.candidates[0].text == c.task.agnostic_seed_prompt  # task-agnostic seed
+    recs = metrics.read_metrics(tmp_path / "stream")
+    assert recs[0]["run/task"] == "ctl_parity,ctl_odd"
+
+    # Plasticity probe: fresh RL on another task, starting from the stream run's weights.
+    p = tiny_config("rl")
+    p.task.name, p.init_from, p.num_cycles = "ctl_odd", str(tmp_path / "stream"), 1
+    probe = controller.Controller(p, tmp_path / "probe")
+    for a, b in zip(jax.tree.leaves(probe.base_params), jax.tree.leaves(ctl.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert probe.step == 0
+    s = probe.run()
+    assert s["steps"] == 2 and s["kl_to_base_end"] > 0  # KL is measured from the probe's start
