@@ -336,3 +336,18 @@ def test_math_lite_accepts_last_number():
     assert get_task("math").verify(ex, "So Eva has 24 books.").status == "no_answer"
     with pytest.raises(ValueError, match="answer_format"):
         get_task("math", answer_format="json")
+
+
+def test_physics_last_number_format():
+    task = get_task("physics", answer_format="last_number")
+    ex = Example("p1", "q", {"value": 24.2, "unit": "W", "formula": "P = V^2/R"})
+    assert task.verify(ex, "P = 11^2 / 5 = 24.2 W").reward == 1.0
+    assert task.verify(ex, "P = 11^2 / 5 = 24.2 W, or maybe 30").reward == 0.0
+    assert task.verify(ex, "\\boxed{24.2} not 30").reward == 1.0  # a \boxed{} answer wins
+    assert task.verify(ex, "no idea").status == "no_answer"
+    mc = Example("p2", "q", {"value": 8.0, "unit": "m", "choice": "D", "formula": "s"})
+    assert task.verify(mc, "The answer is D.").reward == 1.0
+    assert task.verify(mc, "A or B? I pick B").reward == 0.0
+    assert get_task("physics").verify(ex, "= 24.2 W").status == "no_answer"
+    with pytest.raises(ValueError, match="answer_format"):
+        get_task("physics", answer_format="x")

@@ -189,6 +189,7 @@ class PhysicsTask(Task):
         level: str = "medium",
         format: str = "numeric",
         rel_tol: float = 1e-2,
+        answer_format: str = "boxed",
         seed: int = 0,
         sizes: dict | None = None,
         path: str | None = None,
@@ -217,6 +218,13 @@ class PhysicsTask(Task):
         )
         self.sizes = {"train": 4096, "validation": 256, "test": 256, **(sizes or {})}
         self.real = {"path": path, "hf_id": hf_id, "tfds_name": tfds_name, "tfds_dir": tfds_dir}
+        # "last_number": without a \boxed{}, the last number (or, for options, the last
+        # standalone letter A-D) in the text counts; for very small models.
+        if answer_format not in ("boxed", "last_number"):
+            raise ValueError(
+                f"physics answer_format {answer_format!r}: use 'boxed' or 'last_number'."
+            )
+        self.answer_format = answer_format
 
     def _load_split(self, split: str) -> list[Example]:
         if self.source == "real":
@@ -283,6 +291,11 @@ class PhysicsTask(Task):
             else gold["answer"]
         )
         how = f" (formula: {gold['formula']})" if gold.get("formula") else ""
+        if reason == "no_boxed" and self.answer_format == "last_number":
+            pat = r"\b([A-D])\b" if "choice" in gold else r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+            found = re.findall(pat, completion)
+            if found:
+                pred, reason = found[-1], "ok"
         if reason != "ok" or not pred:
             what = {
                 "no_boxed": "No \\boxed{} answer found",
