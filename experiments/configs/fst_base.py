@@ -52,7 +52,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.top_p = 1.0
     c.sampling.top_k = 0
     c.sampling.max_new_tokens = 2048
-    c.sampling.max_prompt_len = 2048  # prompt bucket (context + task), tokens
     c.sampling.max_context_len = 1024  # one context text, tokens (prompt bank row length)
     c.sampling.context_in = "system"  # system | user
 
