@@ -137,6 +137,21 @@ def microbatch_loss(
     return loss, aux
 
 
+# Every micro-batch metric is an f32 scalar sum (or max, for keys ending in `_max`).
+AUX_KEYS = (
+    "weight",
+    "tokens",
+    "train_tokens",
+    "entropy",
+    "clip",
+    "mismatch",
+    "mismatch_max",
+    "kl",
+    "distill_kl",
+    "nonfinite_adv",
+)
+
+
 def _split_microbatches(batch: RLBatch, m: int) -> RLBatch:
     """[B, ...] → [M, B/M, ...] with micro-batch j = rows j, j+M, ... (shard-balanced)."""
 
@@ -179,8 +194,7 @@ def train_step_fn(config: ModelConfig, cfg: RLConfig, optimizer, mesh: Mesh | No
                 return (jax.tree.map(jnp.add, g_acc, g_), l_acc + l_, a_new), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, params)
-            zeros_a = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], mbs)))
-            zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros_a[0][1])
+            zeros_a = {k: jnp.zeros((), jnp.float32) for k in AUX_KEYS}
             (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, jnp.zeros(()), zeros_a), mbs)
         grad_norm = optax.global_norm(grads)
         ok = (
