@@ -1,0 +1,91 @@
+"""evaluation.validate with a scripted sampler: row layout, mean@k, running max, KL batch, quadrants."""
+
+import jax
+import numpy as np
+import pytest
+
+from fst_jax import evaluation
+from fst_jax.tasks.base import Example, Verdict
+
+
+class Bank:
+    no_context = 7
+
+    def with_contexts(self, contexts):
+        self.contexts = list(contexts)
+        return self
+
+
+class Rollouts:
+    def __init__(self, texts, s=5):
+        n = len(texts)
+        self.texts = texts
+        self.tokens = np.arange(n * s, dtype=np.int32).reshape(n, s)
+        self.positions = np.tile(np.arange(s, dtype=np.int32), (n, 1))
+        self.completion_mask = np.tile(np.array([0, 0, 1, 1, 0], np.float32), (n, 1))
+
+
+class ScriptedSampler:
+    """Answers '1' for row r iff (slot + r) is even, except the base weights always fail."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, params, bank, idx, questions, key, sampling, row_ids=None):
+        self.calls.append((params, list(idx), list(questions), list(row_ids)))
+        ok = [params != "base" and (s + r) % 2 == 0 for r, s in enumerate(idx)]
+        return Rollouts([str(int(o)) for o in ok])
+
+
+class Task:
+    def verify_batch(self, examples, completions):
+        return [
+            Verdict(float(c == "1"), "correct" if c == "1" else "wrong", "") for c in completions
+        ]
+
+
+EXAMPLES = [Example(f"v{i}", f"q{i}", None, {}) for i in range(3)]
+
+
+def test_validate_layout_means_and_quadrants():
+    sampler, kl_calls = ScriptedSampler(), []
+
+    def measure_kl(params, base, batch):
+        kl_calls.append(batch)
+        return {"full": 0.25, "k1": 0.2, "k3": 0.3, "tokens": float(np.sum(batch.completion_mask))}
+
+    rm = evaluation.RunningMax(0.9)
+    m = evaluation.validate(
+        sampler=sampler, params="theta", base_params="base", bank=Bank(), best_context="best",
+        seed_context="seed", examples=EXAMPLES, task=Task(), k=4, kl_examples=2,
+        key=jax.random.key(0), sampling=None, measure_kl=measure_kl, running_max=rm,
+        quadrants=True, row_multiple=4,
+    )  # fmt: skip
+    # Rows are problem-major, k = 4 per problem, with the slot of the setting.
+    params, idx, qs, rids = sampler.calls[0]
+    assert params == "theta" and idx == [0] * 12 and rids == list(range(12))
+    assert qs == ["q0"] * 4 + ["q1"] * 4 + ["q2"] * 4
+    assert sampler.calls[1][1] == [Bank.no_context] * 12
+    # Slot 0: rows 0,2,4,.. succeed → 0.5; no-context slot 7 (odd): odd rows succeed → 0.5.
+    assert m["val/mean@4"] == 0.5 and m["val/mean@4_no_context"] == 0.5
+    assert m["val/mean@4_running_max"] == 0.9  # an earlier evaluation was better
+    assert m["val/status/correct"] == 0.5
+    # KL on the first sample of the first 2 problems (rows 0 and 4), padded to 4 rows.
+    (batch,) = kl_calls
+    assert batch.tokens.shape == (4, 5)
+    np.testing.assert_array_equal(batch.tokens[:2, 0], [0, 20])
+    assert batch.completion_mask[2:].sum() == 0 and (batch.positions[2:] == -1).all()
+    assert m["val/kl_to_base"] == 0.25 and m["val/kl_tokens"] == 4.0
+    # Quadrants: base weights with seed (slot 1) and best (slot 0); trained weights with seed.
+    assert [(c[0], c[1][0]) for c in sampler.calls[2:]] == [("base", 1), ("base", 0), ("theta", 1)]
+    assert m["val/quadrant/base_w/seed_p"] == 0.0 and m["val/quadrant/base_w/trained_p"] == 0.0
+    assert (
+        m["val/quadrant/trained_w/seed_p"] == 0.5 and m["val/quadrant/trained_w/trained_p"] == 0.5
+    )
+
+
+def test_mean_at_k_rejects_empty_and_bad_k():
+    with pytest.raises(ValueError, match="validation set is empty"):
+        evaluation.mean_at_k(ScriptedSampler(), None, Bank(), 0, [], Task(), 4, None, None)
+    with pytest.raises(ValueError, match="eval.k must be >= 1"):
+        evaluation.mean_at_k(ScriptedSampler(), None, Bank(), 0, EXAMPLES, Task(), 0, None, None)
