@@ -82,8 +82,11 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     # The meta item's file write hits a full disk after the state item was already written.
-    with mock.patch.object(ocp.JsonCheckpointHandler, "_save_fn", disk_full), pytest.raises(
-        ckpt.CheckpointError, match=r"previous checkpoint \(step 1\) is intact.*disk is full"
+    with (
+        mock.patch.object(ocp.JsonCheckpointHandler, "_save_fn", disk_full),
+        pytest.raises(
+            ckpt.CheckpointError, match=r"previous checkpoint \(step 1\) is intact.*disk is full"
+        ),
     ):
         c.save(2, _state(5), _meta(2))
     assert c.all_steps() == [1]

@@ -87,5 +87,5 @@ def test_validate_layout_means_and_quadrants():
 def test_mean_at_k_rejects_empty_and_bad_k():
     with pytest.raises(ValueError, match="validation set is empty"):
         evaluation.mean_at_k(ScriptedSampler(), None, Bank(), 0, [], Task(), 4, None, None)
-    with pytest.raises(ValueError, match="eval.k must be >= 1"):
+    with pytest.raises(ValueError, match=r"eval\.k must be >= 1"):
         evaluation.mean_at_k(ScriptedSampler(), None, Bank(), 0, EXAMPLES, Task(), 0, None, None)
