@@ -326,7 +326,8 @@ class Controller:
         self.exported = list(h["exported"])
         self.running_max = evaluation.RunningMax(h["running_max"])
         self.last_eval, self.first_eval = h["last_eval"], h["first_eval"]
-        metrics.truncate_jsonl(self.workdir / metrics.METRICS_FILE, h["metrics_offset"])
+        if self.is_main:  # drop records written after this checkpoint (they will be redone)
+            metrics.truncate_jsonl(self.workdir / metrics.METRICS_FILE, h["metrics_offset"])
         log.info(
             "resumed from %s at step %d (cycle %d)",
             self.checkpointer.directory,
@@ -366,8 +367,9 @@ class Controller:
                 self._gepa_round(task, stream)
             # 2) slow weights: T RL steps with G rollouts per problem over the K contexts.
             for _ in range(self.T):
-                if c.mode == "gepa":
-                    self.step += 1  # frozen weights; keep the step axis comparable
+                if c.mode == "gepa":  # frozen weights: consume the same data, keep the x-axis
+                    stream.take(c.rl.batch_size)
+                    self.step += 1
                     continue
                 self._rl_step(task, stream)
             self.positions[task_name] = stream.position
