@@ -13,6 +13,7 @@ conversations with the tokenizer's template and samples replies (reflection LM, 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -164,7 +165,8 @@ class Sampler:
             )
 
     def stop_ids(self, sampling: SamplingParams) -> tuple[int, ...]:
-        return tuple(sorted({int(self.tokenizer.eos_token_id), *sampling.stop_token_ids}))
+        eos = () if sampling.ignore_eos else (int(self.tokenizer.eos_token_id),)
+        return tuple(sorted({*eos, *sampling.stop_token_ids}))
 
     # -------------------------------------------------------------- sampling
 
@@ -178,11 +180,13 @@ class Sampler:
         sampling: SamplingParams,
         *,
         row_ids: Any = None,
+        timings: dict[str, float] | None = None,
     ) -> Rollouts:
         """Sample one completion per row: row b's prompt = bank row prompt_idx[b] + task b.
 
         row_ids int[B] (default 0..B-1) is folded into `key` per row, so a row's sample depends
         only on (key, its row id, its prompt) — not on the rest of the batch.
+        `timings`, if given, receives prefill_s / decode_s / steps (adds two host syncs).
         """
         self._check_bank(bank)
         if not isinstance(tasks, TaskTokens):
@@ -224,6 +228,7 @@ class Sampler:
         if self.cast_params:
             params = cast_params_for_sampling(self.config, params)
         pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
+        t0 = time.perf_counter()
         state = engine.prefill(
             self.config,
             sampling,
@@ -240,7 +245,14 @@ class Sampler:
             jnp.asarray(rid_b),
             key,
         )
+        if timings is not None:
+            jax.block_until_ready(state)
+            t1 = time.perf_counter()
         state = engine.decode(self.config, sampling, pad_id, stop_ids, params, state)
+        if timings is not None:
+            timings["steps"] = int(jax.block_until_ready(state).step)
+            timings["prefill_s"] = t1 - t0
+            timings["decode_s"] = time.perf_counter() - t1
         out = engine.finalize(state, pad_id=pad_id)
         del state
         if pad:

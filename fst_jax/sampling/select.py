@@ -31,6 +31,7 @@ class SamplingParams:
     smallest set of most-likely tokens whose mass reaches top_p; the top token is always kept).
     max_new_tokens: generation budget (static; the completion buffer has exactly this length).
     stop_token_ids: extra stop tokens besides the tokenizer's EOS.
+    ignore_eos: never stop on EOS (only on stop_token_ids): fixed-length runs for benchmarks.
     """
 
     temperature: float = 1.0
@@ -39,6 +40,7 @@ class SamplingParams:
     max_new_tokens: int = 128
     greedy: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if not self.greedy and not self.temperature > 0:
