@@ -102,3 +102,38 @@ def test_task_stream_then_plasticity_probe(tmp_path):
     assert probe.step == 0
     s = probe.run()
     assert s["steps"] == 2 and s["kl_to_base_end"] > 0  # KL is measured from the probe's start
+
+
+def _load(name, arg=None):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cfg_" + name, REPO / "experiments/configs" / f"{name}.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config() if arg is None else mod.get_config(arg)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["default"] + [p.stem for p in sorted((REPO / "experiments/configs").glob("paper_*.py"))],
+)
+def test_shipped_configs_validate(name):
+    c = _load(name)
+    controller.validate_config(c, num_batch_shards=1)
+    if name == "default":  # the embedded run the issue asks for
+        assert c.mode == "fst" and c.model.spec == "smollm2-135m-instruct"
+        assert c.gepa.reflection_lm == "local" and c.eval.at_start
+        assert c.num_cycles >= 2 and c.num_cycles * c.rl.steps_per_cycle >= 6
+    else:  # paper hyper-parameters (paper.md §2.4)
+        assert (c.rl.steps_per_cycle, c.rl.group_size, c.gepa.k, c.rl.tau) == (6, 8, 4, 4.0)
+        assert (c.gepa.budget, c.gepa.anchor_size, c.eval.k) == (960, 192, 4)
+
+
+def test_ablations_override_and_reject_unknown():
+    c = _load("ablations", "hover,T12,K8,rl")
+    assert (c.rl.steps_per_cycle, c.gepa.k, c.mode, c.task.name) == (12, 8, "rl", "hover")
+    assert c.num_cycles * 12 == 600  # same RL steps as the paper's HoVer run
+    with pytest.raises(ValueError, match="Did you mean 'tau8'"):
+        _load("ablations", "codeio,tau9")
