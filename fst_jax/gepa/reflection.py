@@ -102,22 +102,34 @@ _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _LANG_TAG = re.compile(r"^[^\s`]*\n")
 
 
-def extract_context(reply: str | None) -> tuple[str | None, str | None]:
+def extract_context(
+    reply: str | None, *, require_fence: bool = True
+) -> tuple[str | None, str | None]:
     """(new context, None) or (None, fault) where fault is 'empty' or 'unfenced'.
 
     Takes the text between the first and the last ``` (so fences inside the context survive),
-    drops a language tag on the opening line, and ignores <think> sections.
+    drops a language tag on the opening line, and ignores <think> sections. With
+    `require_fence=False` (small local models rarely fence) an unfenced reply is taken whole, as
+    the `gepa` package's fallback does.
     """
     if reply is None or not reply.strip():
         return None, "empty"
     text = _THINK.sub("", reply)
     start, end = text.find(FENCE), text.rfind(FENCE)
     if start < 0 or end <= start:
-        return None, "unfenced"
-    body = text[start + len(FENCE) : end]
-    m = _LANG_TAG.match(body)
-    if m:
-        body = body[m.end() :]
+        if require_fence:
+            return None, "unfenced"
+        body = text.strip()
+        if body.startswith(FENCE):  # an opening fence that was never closed
+            body = body[len(FENCE) :]
+            m = _LANG_TAG.match(body)
+            body = body[m.end() :] if m else body
+        body = body.removesuffix(FENCE)
+    else:
+        body = text[start + len(FENCE) : end]
+        m = _LANG_TAG.match(body)
+        if m:
+            body = body[m.end() :]
     body = body.strip()
     return (body, None) if body else (None, "empty")
 
@@ -187,10 +199,19 @@ def list_reflection_lms() -> list[str]:
 
 
 class LocalReflectionLM:
-    """Wraps `generate(conversations) -> replies`, e.g. fst_jax's sampler on a frozen local model."""
+    """Wraps `generate(conversations) -> replies`, e.g. fst_jax's sampler on a frozen local model.
+
+    `collective=True` marks a generate that every process of a multi-host run must call (a
+    sharded jitted sampler); `tokenizer` (optional) enables token usage accounting.
+    """
 
     def __init__(
-        self, generate: Callable[[list[list[dict[str, str]]]], list[str]], *, name: str = "local"
+        self,
+        generate: Callable[[list[list[dict[str, str]]]], list[str]],
+        *,
+        name: str = "local",
+        collective: bool = False,
+        tokenizer: Any = None,
     ) -> None:
         if not callable(generate):
             raise TypeError(
@@ -198,6 +219,8 @@ class LocalReflectionLM:
             )
         self.generate = generate
         self.name = name
+        self.collective = collective
+        self.tokenizer = tokenizer
         self.usage: dict[str, int] = {
             "requests": 0,
             "retries": 0,
@@ -215,7 +238,18 @@ class LocalReflectionLM:
             raise TypeError(
                 f"generate() must return one reply per conversation; got {replies!r:.200}."
             )
-        return LMReply(text=replies[0], finish_reason=None)
+        reply = replies[0]
+        if self.tokenizer is not None:
+            prompt = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            self.usage["prompt_tokens"] += len(
+                self.tokenizer.encode(prompt, add_special_tokens=False)
+            )
+            self.usage["completion_tokens"] += len(
+                self.tokenizer.encode(reply or "", add_special_tokens=False)
+            )
+        return LMReply(text=reply, finish_reason=None)
 
 
 @register_reflection_lm("local")
@@ -267,6 +301,7 @@ class Reflector:
         content_retries: int = 1,
         lockstep: Lockstep | None = None,
         cache_path: str | None = None,
+        require_fence: bool = True,
     ) -> None:
         self.lockstep = lockstep or Lockstep()
         if lm is None and self.lockstep.is_leader:
@@ -278,11 +313,17 @@ class Reflector:
         self.template = template if template is not None else load_template()
         self.max_context_chars = max_context_chars
         self.content_retries = content_retries
+        self.require_fence = require_fence
         self._retry_note = _prompt_file("retry.md").strip()
         # Optional write-through JSONL copy of the reply cache (leader only): survives a crash that
         # loses the in-memory state between checkpoints, so a restarted run replays for free.
         self.cache_path = cache_path
         self._file_cache: dict[str, dict[str, Any]] = {}
+        if cache_path is not None and getattr(lm, "collective", False):
+            raise ValueError(
+                "cache_path is for remote reflection LMs; a collective (local sampler) backend must make the "
+                "same calls on every process, so it can only use the in-state cache. Drop cache_path."
+            )
         if cache_path is not None and self.lockstep.is_leader and os.path.exists(cache_path):
             with open(cache_path, encoding="utf-8") as f:
                 for line in f:
@@ -297,7 +338,7 @@ class Reflector:
                 f.write(json.dumps({"key": key, "entry": entry}, ensure_ascii=False) + "\n")
 
     def _check(self, entry: Mapping[str, Any], parent: str) -> tuple[str | None, str | None]:
-        text, fault = extract_context(entry.get("text"))
+        text, fault = extract_context(entry.get("text"), require_fence=self.require_fence)
         if fault is None and entry.get("finish_reason") == "length":
             fault = "truncated"
         if fault is None and len(text) > self.max_context_chars:
@@ -365,12 +406,14 @@ class Reflector:
         self, state: Any, parent: str, records: Sequence[Mapping[str, Any]], *, salt: str = ""
     ) -> ProposalOutcome:
         """Lockstep-safe: every process returns the same outcome and applies the same state update."""
+        # A collective backend (sharded local sampler) must run on every process; others only on 0.
+        runs_here = self.lockstep.is_leader or getattr(self.lm, "collective", False)
         payload = (
             self._leader_propose(state.lm_cache, state.rounds, salt, parent, records)
-            if self.lockstep.is_leader
+            if runs_here
             else None
         )
-        payload = self.lockstep.broadcast(payload)
+        payload = self.lockstep.broadcast(payload if self.lockstep.is_leader else None)
         state.lm_cache.update(payload["new_cache"])
         for k, v in payload["usage"].items():
             state.bump(f"lm_{k}", int(v))
