@@ -65,9 +65,11 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             p.copy_(1.0 + 0.2 * noise if "norm" in name else 0.15 * noise)
 
 
-def make_hf(kind: str, path: str, seed: int = 0, **save_kwargs) -> torch.nn.Module:
+def make_hf(
+    kind: str, path: str, seed: int = 0, overrides: dict | None = None, **save_kwargs
+) -> torch.nn.Module:
     cfg_cls, model_cls, extra = KINDS[kind]
-    model = model_cls(cfg_cls(**_COMMON, **extra)).eval()
+    model = model_cls(cfg_cls(**_COMMON, **{**extra, **(overrides or {})})).eval()
     _randomize(model, seed)
     model.save_pretrained(path, **save_kwargs)
     tiny_tokenizer().save_pretrained(path)
