@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from fst_jax.tasks import Example, Verdict, get_task, list_tasks
+from fst_jax.tasks import Example, Task, Verdict, get_task, list_tasks
 from fst_jax.tasks.extract import extract_last_json, is_close, last_boxed, parse_number
 from fst_jax.tasks.hover import BM25
 from fst_jax.tasks.math import answers_match
@@ -351,3 +351,40 @@ def test_physics_last_number_format():
     assert get_task("physics").verify(ex, "= 24.2 W").status == "no_answer"
     with pytest.raises(ValueError, match="answer_format"):
         get_task("physics", answer_format="x")
+
+
+class _DyingTask(Task):
+    """Kills its worker process on 'die' (a verifier crashing hard, e.g. OOM-killed)."""
+
+    name = "dying"
+    parallel = "process"
+
+    def _load_split(self, split):
+        return []
+
+    def _verify(self, example, completion):
+        import multiprocessing
+        import os
+
+        if completion == "die" and multiprocessing.parent_process() is not None:
+            os._exit(1)
+        return Verdict(float(completion == "ok"), "done", completion)
+
+
+def test_verify_batch_parallel_order_bad_inputs_and_dead_workers():
+    task = get_task("math")
+    ex = Example("m", "q", "42")
+    comps = ["\\boxed{42}", b"\xff", "\\boxed{41}", None, "\\boxed{42}", object(), "x" * 300_000]
+    got = task.verify_batch([ex] * len(comps), comps, workers=2)
+    assert [v.status for v in got] == [
+        "correct", "invalid_encoding", "incorrect", "empty", "correct", "invalid_type", "too_long",
+    ]  # fmt: skip
+    assert got == [task.verify(ex, c) for c in comps[:5]] + got[5:]
+    task.close()
+    dying = _DyingTask()
+    comps = ["ok", "no", "die", "ok", "ok"]
+    got = dying.verify_batch([ex] * 5, comps, workers=2)
+    assert [v.reward for v in got] == [1.0, 0.0, 0.0, 1.0, 1.0]
+    dying.close()
+    with pytest.raises(ValueError, match="one example per completion"):
+        task.verify_batch([ex], ["a", "b"])

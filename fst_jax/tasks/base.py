@@ -204,13 +204,27 @@ class Task:
         workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         if self.parallel == "none" or workers <= 1 or len(examples) < 4:
             return [self.verify(e, c) for e, c in zip(examples, completions)]
+        # Screen completions here, so only plain strings cross the process boundary.
+        out: list[Verdict | None] = []
+        todo: list[int] = []
+        for i, c in enumerate(completions):
+            _, bad = sanitize_completion(c)
+            out.append(bad)
+            if bad is None:
+                todo.append(i)
         pool = self._get_pool(workers)
         fn = self.verify if self.parallel == "thread" else _worker_verify
+        exs, texts = [examples[i] for i in todo], [completions[i] for i in todo]
+        texts = [t.decode("utf-8") if isinstance(t, bytes | bytearray) else t for t in texts]
         try:
-            return list(pool.map(fn, examples, completions, chunksize=1))
-        except BrokenProcessPool:
+            done = list(pool.map(fn, exs, texts, chunksize=1))
+        except BrokenProcessPool:  # a worker died (e.g. killed for memory): finish serially
             self.close()
-            return [self.verify(e, c) for e, c in zip(examples, completions)]
+            done = [self.verify(e, c) for e, c in zip(exs, texts)]
+        for i, v in zip(todo, done):
+            out[i] = v
+        assert all(v is not None for v in out)
+        return out  # type: ignore[return-value]
 
     def _get_pool(self, workers: int) -> concurrent.futures.Executor:
         if self._pool is None:
