@@ -185,3 +185,19 @@ def test_export_of_random_params_matches_transformers(tmp_path, name):
     np.testing.assert_allclose(
         hf_logits(model, TOKENS), our_logits(config, params, TOKENS), atol=TOL, rtol=0
     )
+
+
+def test_bf16_checkpoint_roundtrip(tmp_path):
+    """bf16 safetensors (how real Qwen/Llama checkpoints ship) load into f32 or bf16 params."""
+    config = get_config("tiny_llama")
+    params = init_params(config, jax.random.PRNGKey(4))
+    out = save_hf(str(tmp_path / "bf16"), config, params, tiny_tokenizer(), dtype="bfloat16")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.dtype == torch.bfloat16
+    c32, p32, _ = load(out)
+    rounded = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), params)
+    for a, b in zip(jax.tree.leaves(p32), jax.tree.leaves(rounded)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(
+        our_logits(c32, p32, TOKENS), hf_logits(model.float(), TOKENS), atol=TOL, rtol=0
+    )

@@ -45,6 +45,15 @@ def _check_params(config: ModelConfig, params: Any) -> Any:
     return params
 
 
+def _to_host(x: Any) -> np.ndarray:
+    """A (possibly multi-host sharded) array as one numpy array on this host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
 def save_hf(
     path: str,
     config: ModelConfig,
@@ -57,14 +66,20 @@ def save_hf(
     """Write config.json, model.safetensors (sharded above `max_shard_size`) and tokenizer files.
 
     `dtype` (default: the config's param_dtype) is the stored dtype. Stale `model*.safetensors`
-    files in `path` are removed first so the dir never mixes two saves. Returns `path`.
+    files in `path` are removed first so the dir never mixes two saves. On multi-host meshes
+    every process must call this (arrays are gathered); only process 0 writes. Returns `path`.
     """
     from safetensors.numpy import save_file
     from transformers import AutoConfig
 
     params = _check_params(config, params)
+    writer = jax.process_index() == 0  # every process gathers; only process 0 writes
     limit = parse_size(max_shard_size)
     np_dtype = np.dtype(jax.numpy.dtype(dtype or config.param_dtype))
+    if not writer:
+        for s in tensor_specs(config):
+            _to_host(_leaf(params, s.path))  # take part in the collective gathers
+        return path
     os.makedirs(path, exist_ok=True)
     for stale in glob.glob(os.path.join(path, "model*.safetensors")) + glob.glob(
         os.path.join(path, "model.safetensors.index.json")
@@ -89,7 +104,7 @@ def save_hf(
         fname = "model.safetensors" if n == 1 else f"model-{k + 1:05d}-of-{n:05d}.safetensors"
         tensors = {}
         for s in shard:
-            w = np.asarray(jax.device_get(_leaf(params, s.path)))
+            w = _to_host(_leaf(params, s.path))
             tensors[s.hf_name] = to_hf(s.kind, w).astype(np_dtype)
             weight_map[s.hf_name] = fname
             total += tensors[s.hf_name].nbytes
