@@ -68,13 +68,15 @@ class ChatLayout:
         self.pad_id = int(
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
+        self._sentinel_ids = self._encode(_TASK_SENTINEL)
         prefix, self.suffix_text = self._split(None)
-        self.no_context_ids = self._encode(prefix)
-        self.suffix_ids = self._encode(self.suffix_text)
+        self.no_context_ids = self._prefix_ids(prefix, "the no-context prompt")
+        self.suffix_ids = self._suffix_ids(self.suffix_text)
         # Texts that end a prefix right before the task; each task is probed against them.
-        self._probes = [prefix]
+        self._probes = [(prefix, self.no_context_ids)]
         if mode == "user":
-            self._probes.append(self._split("Context.")[0])
+            probe = self._split("Context.")[0]
+            self._probes.append((probe, self._prefix_ids(probe, "a user-turn context")))
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -104,6 +106,25 @@ class ChatLayout:
         before, after = text.split(_TASK_SENTINEL)
         return before, after
 
+    def _prefix_ids(self, before: str, what: str) -> list[int]:
+        """Ids of the text before the task, tokenised as followed by text (as in the template)."""
+        ids, n = self._encode(before + _TASK_SENTINEL), len(self._sentinel_ids)
+        if ids[len(ids) - n :] != self._sentinel_ids:
+            raise ValueError(
+                f"The template text before the task in {what} merges with the task's first "
+                "characters when tokenised (it probably ends with a space); strip it"
+            )
+        return ids[: len(ids) - n]
+
+    def _suffix_ids(self, after: str) -> list[int]:
+        ids, n = self._encode(_TASK_SENTINEL + after), len(self._sentinel_ids)
+        if ids[:n] != self._sentinel_ids:
+            raise ValueError(
+                "The chat template's text after the user turn merges with the task's last "
+                "characters when tokenised; this template cannot be split into segments"
+            )
+        return ids[n:]
+
     def encode_context(self, context: str | None) -> list[int]:
         """Token ids of the template up to the task, with `context` (None = no context)."""
         if context is None:
@@ -114,22 +135,28 @@ class ChatLayout:
                 f"The chat template renders a different tail after the user turn for context "
                 f"{_snippet(context)}; the prompt bank needs a content-independent tail"
             )
-        return self._encode(before)
+        return self._prefix_ids(before, f"context {_snippet(context)}")
 
     def encode_task(self, task: str) -> list[int]:
-        """Token ids of one task's user-turn text; errors if it would tokenise differently in situ."""
+        """Token ids of one task's user-turn text; errors if it would tokenise differently in situ.
+
+        Checked against the no-context prefix (and, in mode "user", a context prefix): the full
+        rendering's ids must equal prefix ids + task ids + suffix ids.
+        """
         if not isinstance(task, str) or not task:
             raise ValueError(
                 f"Empty or non-string task {task!r}: every row needs a non-empty user-turn text"
             )
         ids = self._encode(task)
-        if self._encode(task + self.suffix_text) != ids + self.suffix_ids:
+        if self._encode(_TASK_SENTINEL + task + self.suffix_text) != (
+            self._sentinel_ids + ids + self.suffix_ids
+        ):
             raise ValueError(
                 f"Task {_snippet(task)} merges with the chat template's closing tokens when "
                 "tokenised in place; strip trailing whitespace from the task text"
             )
-        for probe in self._probes:
-            if self._encode(probe + task) != self._encode(probe) + ids:
+        for probe, probe_ids in self._probes:
+            if self._encode(probe + task) != probe_ids + ids:
                 raise ValueError(
                     f"Task {_snippet(task)} merges with the preceding template text when "
                     "tokenised in place (it probably starts with whitespace); strip it"
