@@ -54,9 +54,18 @@ def main(argv: list[str]) -> None:
     if not DEFAULT_CONFIG.exists() and _CONFIG.value is None:
         raise app.UsageError(f"{DEFAULT_CONFIG} is missing; pass --config=<file>")
     _init_distributed()  # before anything touches a JAX device
+    # Our progress/info lines; library chatter (orbax save events, absl INFO) stays at WARNING.
+    from absl import logging as absl_logging
+
     from fst_jax import controller
 
-    logging.getLogger().setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("fst-train %(levelname)s %(message)s"))
+    fst_log = logging.getLogger("fst_jax")
+    fst_log.setLevel(logging.INFO)
+    fst_log.addHandler(handler)
+    fst_log.propagate = False
     config = _CONFIG.value
     try:
         ctl = controller.Controller(config, _WORKDIR.value)
