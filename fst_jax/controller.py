@@ -307,7 +307,12 @@ class Controller:
 
     def _maybe_restore(self) -> int | None:
         latest = self.checkpointer.latest_step()
+        path = self.workdir / metrics.METRICS_FILE
         if latest is None:
+            if self.is_main and path.exists() and path.stat().st_size:
+                # A previous attempt died before its first checkpoint: its records get redone.
+                log.warning("no checkpoint in %s; restarting %s from scratch", self.workdir, path)
+                metrics.truncate_jsonl(path, 0)
             return None
         if self.config.resume == "never":
             raise ConfigError(
@@ -327,7 +332,7 @@ class Controller:
         self.running_max = evaluation.RunningMax(h["running_max"])
         self.last_eval, self.first_eval = h["last_eval"], h["first_eval"]
         if self.is_main:  # drop records written after this checkpoint (they will be redone)
-            metrics.truncate_jsonl(self.workdir / metrics.METRICS_FILE, h["metrics_offset"])
+            metrics.truncate_jsonl(path, h["metrics_offset"])
         log.info(
             "resumed from %s at step %d (cycle %d)",
             self.checkpointer.directory,
