@@ -1,0 +1,181 @@
+"""fst_jax.aot: the memory plan on 8 fake CPU devices with a tiny model (the CI-sized run).
+
+Oracles: per-device argument bytes must equal the shard sizes implied by the input shardings
+(summed independently here), FSDP must divide the optimizer state across devices versus a
+replicated layout, and more micro-batches must shrink the train step's temporaries.
+"""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from fst_jax import aot
+from fst_jax.models.config import get_config
+from fst_jax.models.decoder import param_shapes
+
+W = aot.Workload(problems=4, group=4, prompt_len=48, response_len=32, bank_prompts=4, bank_len=16)
+MODEL = "tiny_qwen3"
+
+
+def _full_state_bytes(model: str) -> int:
+    shapes = jax.tree.leaves(param_shapes(get_config(model)))
+    params = sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in shapes)
+    return 3 * params  # params + AdamW mu + nu (f32)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run():
+    return aot.evaluate_point(
+        MODEL, aot.Point(1, 8, 1, "layer", 1), W, param_dtype="float32", dtype="float32"
+    )
+
+
+@pytest.fixture(scope="module")
+def mb2_run():
+    return aot.evaluate_point(
+        MODEL, aot.Point(1, 8, 1, "layer", 2, 2), W, param_dtype="float32", dtype="float32"
+    )
+
+
+def test_argument_bytes_match_shardings(fsdp_run):
+    """The compiled executable's argument size is the sum of per-device shard sizes."""
+    cfg = aot.model_for(MODEL, aot.Point(1, 8, 1), "float32", "float32")
+    from fst_jax import sharding
+
+    mesh = sharding.make_mesh((1, 8, 1))
+    compiled, state_bytes, args = aot.compile_train_step(cfg, mesh, W, 1)
+    shard_bytes = 0
+    for x in jax.tree.leaves(args):
+        shard_bytes += math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+    stats = aot.memory_stats(compiled)
+    # ref_logps is unused without a KL penalty (kl_coef=0) and jit prunes unused arguments.
+    ref = args[1].ref_logps
+    unused = math.prod(ref.sharding.shard_shape(ref.shape)) * 4
+    assert stats["arguments"] == shard_bytes - unused
+    assert stats == fsdp_run["train"]
+    assert state_bytes == fsdp_run["train_state"]
+    # Donation: the whole train state is aliased into the new state.
+    assert stats["aliased"] == state_bytes
+    rows_bytes = W.rows * W.seq_len * 4 * 4 // 8 + W.rows * 4 * 4 // 8  # 4 used [B,S] + 4 [B]
+    assert stats["arguments"] == state_bytes + rows_bytes
+
+
+def test_fsdp_divides_the_state(fsdp_run):
+    full = _full_state_bytes(MODEL)
+    replicated = aot.evaluate_point(
+        MODEL,
+        aot.Point(8, 1, 1, "layer", 1),
+        W,
+        param_dtype="float32",
+        dtype="float32",
+        sampler=False,
+    )
+    # data-only: every device holds the whole state (+ two int32 counters and AdamW's count).
+    assert full <= replicated["train_state"] <= full + 64
+    # fsdp=8: ~1/8 of it (norm scales whose size is not divisible stay replicated).
+    assert fsdp_run["train_state"] < full / 8 * 1.25
+    assert fsdp_run["train_state"] >= full / 8
+
+
+def test_microbatches_shrink_temps(fsdp_run, mb2_run):
+    assert mb2_run["train"]["temps"] < fsdp_run["train"]["temps"]
+    assert mb2_run["train_state"] == fsdp_run["train_state"]
+    # Half the rows per sampler call: smaller prefill/decode, same resident state.
+    assert mb2_run["prefill"]["total"] < fsdp_run["prefill"]["total"]
+
+
+def test_sampler_accounting(fsdp_run):
+    r = fsdp_run
+    for k in ("prefill", "decode"):
+        assert r[k]["arguments"] > 0 and r[k]["temps"] >= 0
+    assert r["sample_total"] == r["train_state"] + max(r["prefill"]["total"], r["decode"]["total"])
+    assert r["peak"] == max(r["train"]["total"], r["sample_total"])
+    # The decode state (KV cache) is donated into the loop.
+    assert r["decode"]["aliased"] > 0
+
+
+def test_plan_subprocess_and_table():
+    """The CI command: a fresh 8-device subprocess, a candidate, table + recommendation."""
+    res = aot.plan(
+        MODEL,
+        ["cpu-8"],
+        W,
+        points=[aot.Point(2, 2, 2, "none")],
+        param_dtype="float32",
+        dtype="float32",
+        timeout_s=600,
+        log=lambda s: None,
+    )
+    rows = res["cpu-8"]
+    assert [(r["point"]["data"], r["point"]["tensor"]) for r in rows] == [(2, 2)]
+    assert all(r["fits"] and r["compiles"] == 2 for r in rows)  # KiBs vs a nominal 16 GiB
+    best = aot.recommend(rows)
+    assert best is not None and best["point"]["microbatches"] == 1
+    table = aot.markdown_table(res, 0.8)
+    assert table.count("\n") == 2 and "| **cpu-8** |" in table and "2×2×2 | none" in table
+    assert "cpu-8" in aot.recommendations(res)
+
+
+def test_search_raises_splits_until_it_fits(fsdp_run, mb2_run):
+    """A budget between the split=1 and split=2 footprints: the search must end at split 2 and
+    fit — micro-batches for the train step, sampler calls for sampling."""
+    mb2 = mb2_run
+    t1, t2 = fsdp_run["train"]["total"], mb2["train"]["total"]
+    s1, s2 = fsdp_run["sample_total"], mb2["sample_total"]
+    assert t2 < t1 and s2 < s1
+    logs = []
+    sl = aot.Slice("cpu-8", 8, (t1 + t2) / 2 / aot.GIB)
+    res = aot.search_point(
+        MODEL,
+        sl,
+        W,
+        aot.Point(1, 8, 1, "layer"),
+        budget=1.0,
+        param_dtype="float32",
+        dtype="float32",
+        sampler=False,
+        log=logs.append,
+    )
+    assert res["fits"] and res["point"]["microbatches"] == 2 and res["train"] == mb2["train"]
+    assert res["compiles"] == len(logs) == 2
+    sl = aot.Slice("cpu-8", 8, (s1 + s2) / 2 / aot.GIB)
+    res = aot.search_point(
+        MODEL,
+        sl,
+        W,
+        aot.Point(1, 8, 1, "layer", 2),
+        budget=1.0,
+        param_dtype="float32",
+        dtype="float32",
+    )
+    assert res["point"]["sample_chunks"] == 2 and res["sample_total"] == s2
+    assert res["compiles"] == 3  # train at the micro-batch cap, then sampler calls 1 → 2
+    assert not res["fits"]  # the train step is over this budget: reported, not hidden
+
+
+def test_split_helpers():
+    assert (
+        aot._max_split(16, 8) == 2 and aot._max_split(256, 16) == 16 and aot._max_split(6, 4) == 1
+    )
+    # total 100, 20 fixed, budget 40 → the scalable 80 must shrink 4× → 1 → 4.
+    assert aot._grow(1, 100, 40, 20, 64) == 4
+    assert aot._grow(1, 100, 40, 20, 2) == 2  # capped
+    assert aot._grow(2, 100, 40, 20, 2) is None
+    assert aot._grow(1, 100, 40, 50, 64) is None  # fixed part alone exceeds the budget
+
+
+def test_errors_are_named():
+    with pytest.raises(ValueError, match="needs 16 devices but this process has 8"):
+        aot.evaluate_point(MODEL, aot.Point(1, 16, 1), W, param_dtype="float32", dtype="float32")
+    with pytest.raises(ValueError, match="cannot be split over data×fsdp=8"):
+        aot.evaluate_point(
+            MODEL, aot.Point(1, 8, 1, "layer", 4), W, param_dtype="float32", dtype="float32"
+        )
+    with pytest.raises(ValueError, match="Unknown slice"):
+        aot.plan(MODEL, ["v9-1"], W)
+    with pytest.raises(ValueError, match="expected 'data,fsdp,tensor"):
+        aot._parse_mesh("1,2")
+    with pytest.raises(SystemExit):
+        aot.main(["--slices=cpu-8", "--mesh=1,4,1"])
