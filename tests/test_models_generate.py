@@ -87,3 +87,27 @@ def test_legacy_v4_config_spelling():
     )
     assert v4 == v5 and v4.rope_scaling.factor == 8.0 and v4.rope_theta == 5e5
     assert v4.num_kv_heads == 4 and v4.head_dim == 16
+
+
+def test_loading_and_export_never_import_torch(tmp_path):
+    """The package must work where torch is absent: run the whole path in a fresh interpreter."""
+    script = f"""
+import sys, jax
+from fst_jax.models import get_config, init_params, load, save_hf, smollm2_gguf_path
+from fst_jax.models.generate import greedy_generate
+from fst_jax.models.gguf_loader import open_gguf
+from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.tokenizer import tokenizer_from_gguf
+c = get_config("tiny_llama3")
+save_hf({str(tmp_path)!r}, c, init_params(c, jax.random.PRNGKey(0)), tiny_tokenizer())
+config, params, tok = load({str(tmp_path)!r})
+greedy_generate(config, params, [tok.encode("hi")], max_new_tokens=2)
+tokenizer_from_gguf(open_gguf(smollm2_gguf_path())).encode("hello")
+assert "torch" not in sys.modules, "torch was imported"
+print("ok")
+"""
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]

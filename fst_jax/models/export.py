@@ -70,7 +70,6 @@ def save_hf(
     every process must call this (arrays are gathered); only process 0 writes. Returns `path`.
     """
     from safetensors.numpy import save_file
-    from transformers import AutoConfig
 
     params = _check_params(config, params)
     writer = jax.process_index() == 0  # every process gathers; only process 0 writes
@@ -114,16 +113,19 @@ def save_hf(
         with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
-    extra: dict[str, Any] = {}
+    # config.json written directly (transformers' config classes import torch when it is
+    # installed; the package must not). Tests check transformers loads it.
+    hf_config: dict[str, Any] = {"model_type": config.arch, **config_to_hf(config)}
+    hf_config["dtype"] = np_dtype.name
+    hf_config["use_cache"] = True
     if tokenizer is not None:
-        extra = dict(
+        hf_config.update(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-    hf_config = AutoConfig.for_model(config.arch, **config_to_hf(config), **extra)
-    hf_config.dtype = str(np_dtype) if np_dtype.name != "bfloat16" else "bfloat16"
-    hf_config.save_pretrained(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path

@@ -168,7 +168,7 @@ def tokenizer_from_gguf(reader: Any):
 
 def load_tokenizer_dir(path: str):
     """The tokenizer (and chat template) saved in an HF checkpoint dir, loaded without torch."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         raise CheckpointError(
@@ -176,7 +176,9 @@ def load_tokenizer_dir(path: str):
             "(or pass require_tokenizer=False to load weights only)."
         )
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        # Not AutoTokenizer: it resolves the class through transformers' config machinery, which
+        # imports torch when installed. tokenizer.json fully defines a fast tokenizer.
+        tok = PreTrainedTokenizerFast.from_pretrained(path)
     except Exception as e:  # transformers raises many types for broken tokenizer files
         raise CheckpointError(
             f"Could not load the tokenizer in {path} ({type(e).__name__}: {e}); the tokenizer "
