@@ -148,9 +148,9 @@ class ChatLayout:
                 f"Empty or non-string task {task!r}: every row needs a non-empty user-turn text"
             )
         ids = self._encode(task)
-        if self._encode(_TASK_SENTINEL + task + self.suffix_text) != (
-            self._sentinel_ids + ids + self.suffix_ids
-        ):
+        # (No sentinel in front here: it can merge with the task's first characters, e.g.
+        # "...SENTINEL" + "Lee", and flag valid tasks; the prefix side is probed below.)
+        if self._encode(task + self.suffix_text) != ids + self.suffix_ids:
             raise ValueError(
                 f"Task {_snippet(task)} merges with the chat template's closing tokens when "
                 "tokenised in place; strip trailing whitespace from the task text"
