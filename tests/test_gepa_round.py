@@ -295,3 +295,31 @@ def test_bad_inputs_fail_loudly():
         PopulationState.new("just a string")
     with pytest.raises(ValueError, match="unique"):
         state.set_anchor_set(["a", "a"])
+
+
+def test_jax_broadcast_bytes_path():
+    """The byte encoding used on pods, through jax's own broadcast_one_to_all (1 process here)."""
+    from jax.experimental import multihost_utils
+
+    from fst_jax.gepa import jax_lockstep
+    from fst_jax.gepa.multihost import broadcast_bytes
+
+    payload = {
+        "outcome": {"text": "Ünïcode ``` context", "skip_reason": None},
+        "new_cache": {},
+        "usage": {"requests": 1},
+    }
+    assert broadcast_bytes(payload, True, multihost_utils.broadcast_one_to_all) == payload
+    sent = []
+
+    def leader_side(x):
+        sent.append(x)
+        return x
+
+    broadcast_bytes(payload, True, leader_side)
+    replay = iter(sent)
+    assert (
+        broadcast_bytes(None, False, lambda x: next(replay)) == payload
+    )  # follower decodes leader bytes
+    lock = jax_lockstep()
+    assert lock.is_leader and lock.broadcast(payload) is payload

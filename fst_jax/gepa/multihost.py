@@ -39,21 +39,27 @@ def decode(data: bytes) -> Any:
     return json.loads(data.decode("utf-8"))
 
 
-def jax_lockstep() -> Lockstep:
-    """Lockstep over `jax.experimental.multihost_utils.broadcast_one_to_all` (length, then bytes)."""
-    import jax
+def broadcast_bytes(obj: Any, leader: bool, broadcast_array: Callable[[Any], Any]) -> Any:
+    """Broadcast a JSON-able object as two array broadcasts: its byte length, then the bytes."""
     import numpy as np
+
+    data = encode(obj) if leader else b""
+    n = int(np.asarray(broadcast_array(np.asarray(len(data), np.int32))))
+    buf = np.frombuffer(data, np.uint8).copy() if leader else np.zeros(n, np.uint8)
+    out = np.asarray(broadcast_array(buf), dtype=np.uint8)
+    return decode(out.tobytes())
+
+
+def jax_lockstep() -> Lockstep:
+    """Lockstep over `jax.experimental.multihost_utils.broadcast_one_to_all` (identity on one process)."""
+    import jax
     from jax.experimental import multihost_utils
 
     if jax.process_count() == 1:
         return Lockstep(0, _identity)
+    leader = jax.process_index() == 0
 
     def broadcast(obj: Any) -> Any:
-        leader = jax.process_index() == 0
-        data = encode(obj) if leader else b""
-        n = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int64)))
-        buf = np.frombuffer(data, np.uint8) if leader else np.zeros(n, np.uint8)
-        out = np.asarray(multihost_utils.broadcast_one_to_all(buf), dtype=np.uint8)
-        return decode(out.tobytes())
+        return broadcast_bytes(obj, leader, multihost_utils.broadcast_one_to_all)
 
     return Lockstep(jax.process_index(), broadcast)

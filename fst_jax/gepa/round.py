@@ -9,6 +9,9 @@ where the two input lists have equal length and are zipped: entry j asks for one
 example `example_ids[j]` under the context of pool candidate `candidate_ids[j]` (its text is
 `state.candidates[cid].text`), and entry j of each output belongs to that pair. The controller
 implements it with one sampler call for all pairs. Every pair is one metric call of the budget.
+A proposed child is appended to `state.candidates` before its minibatch evaluation and removed
+again if rejected, so the id of a rejected child is reused by the next proposal: key any
+tokenisation cache on the candidate's text, not its id.
 
 Round: re-score the carried candidates on the anchor set (charged to the budget or not, per
 `GepaConfig.rescore_budget`), then iterate: select a parent by Pareto frequency → evaluate it on
