@@ -173,3 +173,18 @@ def test_flooding_stdout_is_bounded():
     r = run("while True:\n    os.write(1, b'x' * 65536)")
     assert r.status == "refused" and "file size" in r.message
     assert r.elapsed_s < 10
+
+
+def test_hook_state_cannot_be_switched_off():
+    """The hook's state is not reachable through __main__; gc / frame / re-import routes refused."""
+    r = run(
+        "import __main__\nreturn sorted(k for k in vars(__main__) if 'ACTIVE' in k or k == 'hook')"
+    )
+    assert (r.status, r.value) == ("ok", [])
+    assert run("import gc\nreturn len(gc.get_objects())").status == "refused"
+    assert run("return str(sys._getframe(1).f_globals)").status == "refused"
+    reimport = (
+        "import importlib.util\nspec = importlib.util.find_spec('_posixsubprocess')\n"
+        "return str(importlib.util.module_from_spec(spec).fork_exec)"
+    )
+    assert run(reimport).status == "refused"

@@ -13,6 +13,12 @@ Layers of containment, all in the child so the caller (the trainer) can never cr
     /proc, /sys and the environment of other processes.
 Outcomes: "ok", "error" (the code raised), "timeout" (wall or CPU limit), "refused" (a
 forbidden operation or a resource cap such as memory).
+
+Trust model: the code run here is dataset reference code (CodeIO) called with model-proposed
+JSON arguments; model text is never executed. The kernel-level layers (rlimits, network
+namespace, process group kill, temp dir, empty environment) hold against anything. The audit
+hook contains accidental or careless behaviour; CPython audit hooks are not a boundary against
+code written to defeat them (e.g. monkeypatching stdlib helpers the hook relies on).
 """
 
 from __future__ import annotations
@@ -44,57 +50,6 @@ VIOLATIONS = []
 class SandboxRefusal(PermissionError):
     pass
 
-_FORBIDDEN = ("socket.", "subprocess.", "os.system", "os.exec", "os.spawn", "os.posix_spawn",
-              "os.fork", "os.forkpty", "pty.", "ctypes.", "os.kill", "os.killpg", "signal.",
-              "sys.remote_exec", "webbrowser.", "urllib.Request",
-              "http.client.connect", "ftplib.", "smtplib.", "poplib.", "imaplib.", "telnetlib.",
-              "os.chdir", "shutil.rmtree", "os.chmod", "os.chown", "os.link", "os.symlink")
-_WRITE_EVENTS = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.truncate", "os.utime")
-_READ_DENY = ("/proc", "/sys", "/dev/mem", "/dev/kmem", "/etc/shadow")
-
-def _inside(path):
-    try:
-        p = os.path.realpath(os.fsdecode(path))
-    except Exception:
-        return False
-    return p == ROOT or p.startswith(ROOT + os.sep) or p in ("/dev/null",)
-
-def _refuse(event, detail):
-    VIOLATIONS.append(f"{event}: {detail}")
-    raise SandboxRefusal(f"sandbox refused {event} ({detail})")
-
-def _hook(event, args):
-    if not ACTIVE[0]:
-        return
-    if event.startswith(_FORBIDDEN):
-        _refuse(event, repr(args)[:200])
-    if event == "import" and args[0] in ("_posixsubprocess", "_ctypes"):
-        _refuse(event, args[0])
-    if event == "open":
-        path, mode = args[0], args[1]
-        if isinstance(path, int):
-            return
-        writing = isinstance(mode, str) and any(c in mode for c in "wax+")
-        if isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            writing = True
-        p = os.path.realpath(os.fsdecode(path)) if isinstance(path, (str, bytes)) else ""
-        if writing and not _inside(path):
-            _refuse("open", f"write outside the sandbox dir: {p}")
-        if not writing and p.startswith(_READ_DENY) and not p.startswith("/proc/self/fd"):
-            _refuse("open", f"read of {p}")
-    elif event in _WRITE_EVENTS:
-        for a in args[:2]:
-            if isinstance(a, (str, bytes)) and not _inside(a):
-                _refuse(event, f"outside the sandbox dir: {a!r}")
-
-ACTIVE = [False]
-sys.addaudithook(_hook)
-# _posixsubprocess.fork_exec (used by subprocess/multiprocessing) raises no audit event of its
-# own: disable it, and refuse re-importing a fresh copy of the module while the code runs.
-import _posixsubprocess, subprocess
-def _no_fork_exec(*args, **kwargs):
-    _refuse("_posixsubprocess.fork_exec", "process creation")
-_posixsubprocess.fork_exec = _no_fork_exec
 # Trusted preloads (numpy needs ctypes at import time, which the hook refuses afterwards).
 for _mod in payload.get("preload", ()):
     if _mod in payload["code"]:
@@ -102,6 +57,67 @@ for _mod in payload.get("preload", ()):
             __import__(_mod)
         except Exception:
             pass
+
+def _install(root, violations, refusal):
+    # Install the audit hook. Its state lives only in this closure (not in module globals that
+    # the sandboxed code could rebind); a hook cannot be removed once added.
+    import os, sys
+    forbidden = ("socket.", "subprocess.", "os.system", "os.exec", "os.spawn", "os.posix_spawn",
+                 "os.fork", "os.forkpty", "pty.", "ctypes.", "os.kill", "os.killpg", "signal.",
+                 "sys.remote_exec", "webbrowser.", "urllib.Request", "http.client.connect",
+                 "ftplib.", "smtplib.", "poplib.", "imaplib.", "telnetlib.", "os.chdir",
+                 "shutil.rmtree", "os.chmod", "os.chown", "os.link", "os.symlink", "gc.",
+                 "sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile",
+                 "sys.addaudithook", "cpython.run_", "code.__new__", "function.__new__",
+                 "_imp.create_dynamic", "object.__setattr__", "object.__delattr__")
+    write_events = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.truncate", "os.utime")
+    read_deny = ("/proc", "/sys", "/dev/mem", "/dev/kmem", "/etc/shadow")
+    realpath, fsdecode, sep = os.path.realpath, os.fsdecode, os.sep
+    wr_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    # No helper closures: a frame reached through a traceback exposes the hook's locals, and a
+    # helper function's closure cells would be rebindable from there.
+    def hook(event, args):
+        reason = None
+        if event.startswith(forbidden):
+            reason = repr(args)[:200]
+        elif event == "import" and args[0] in ("_posixsubprocess", "_ctypes"):
+            reason = args[0]
+        elif event == "open" and not isinstance(args[0], int):
+            path, mode, flags = args[0], args[1], args[2]
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and bool(flags & wr_flags))
+            try:
+                p = realpath(fsdecode(path))
+            except Exception:
+                p = "?"
+            if writing and not (p == root or p.startswith(root + sep) or p == "/dev/null"):
+                reason = f"write outside the sandbox dir: {p}"
+            elif not writing and p.startswith(read_deny) and not p.startswith("/proc/self/fd"):
+                reason = f"read of {p}"
+        elif event in write_events:
+            for a in args[:2]:
+                if isinstance(a, (str, bytes)):
+                    try:
+                        p = realpath(fsdecode(a))
+                    except Exception:
+                        p = "?"
+                    if not (p == root or p.startswith(root + sep)):
+                        reason = f"outside the sandbox dir: {a!r}"
+        if reason is not None:
+            violations.append(f"{event}: {reason}")
+            raise refusal(f"sandbox refused {event} ({reason})")
+
+    # _posixsubprocess.fork_exec (behind subprocess/multiprocessing) raises no audit event of
+    # its own: replace it, and refuse loading a fresh copy of the module.
+    import _posixsubprocess, subprocess
+
+    def no_fork_exec(*args, **kwargs):
+        violations.append("_posixsubprocess.fork_exec: process creation")
+        raise refusal("sandbox refused _posixsubprocess.fork_exec (process creation)")
+
+    _posixsubprocess.fork_exec = no_fork_exec
+    sys.addaudithook(hook)
 
 def _jsonable(x, depth=0):
     if depth > 64:
@@ -129,7 +145,8 @@ sys.stdout = io.StringIO()
 status, out = "ok", {}
 try:
     ns = {"__name__": "__sandbox__"}
-    ACTIVE[0] = True
+    _install(ROOT, VIOLATIONS, SandboxRefusal)  # from here on every audited call is checked
+    del _install
     exec(compile(payload["code"], "<sandbox>", "exec"), ns)
     if payload.get("funcname"):
         fn = ns.get(payload["funcname"])
@@ -138,19 +155,15 @@ try:
         result = fn(**payload.get("kwargs", {}))
     else:
         result = ns.get("result")
-    ACTIVE[0] = False
     out = {"value": _jsonable(result)}
 except MemoryError:
-    ACTIVE[0] = False
     status, out = "refused", {"message": "MemoryError: memory limit exceeded"}
 except OSError as e:
-    ACTIVE[0] = False
     if e.errno == 27:  # EFBIG: Python ignores SIGXFSZ, so the file-size cap surfaces here
         status, out = "refused", {"message": "file size limit exceeded"}
     else:
         status, out = "error", {"message": f"{type(e).__name__}: {str(e)[:500]}"}
 except BaseException as e:
-    ACTIVE[0] = False
     status = "error"
     out = {"message": f"{type(e).__name__}: {str(e)[:500]}"}
 if VIOLATIONS:
