@@ -370,16 +370,6 @@ def check_source(config: ModelConfig, source: TensorSource) -> list[TensorSpec]:
     unexpected = {
         n for n in have - expected if not n.endswith(_IGNORED_SUFFIXES) and n != "lm_head.weight"
     }
-    if "lm_head.weight" in have and config.tie_word_embeddings:
-        tied_ok = source.shape("lm_head.weight") == source.shape("model.embed_tokens.weight") and (
-            np.array_equal(source.get("lm_head.weight"), source.get("model.embed_tokens.weight"))
-        )
-        if not tied_ok:
-            raise CheckpointError(
-                f"{source.description}: config says tie_word_embeddings=true but lm_head.weight "
-                "differs from model.embed_tokens.weight. Set tie_word_embeddings=false in "
-                "config.json."
-            )
     if missing or unexpected:
         parts = []
         if missing:
@@ -392,8 +382,18 @@ def check_source(config: ModelConfig, source: TensorSource) -> list[TensorSpec]:
             f"attention_bias={config.attention_bias}, qk_norm={config.qk_norm}): "
             + "; ".join(parts)
             + ". The config disagrees with the weights or the checkpoint is incomplete; fix "
-            "config.json or use the complete checkpoint. Nothing was loaded."
+            "config.json (or the GGUF metadata) or use the complete checkpoint. Nothing was loaded."
         )
+    if "lm_head.weight" in have and config.tie_word_embeddings:
+        tied_ok = source.shape("lm_head.weight") == source.shape("model.embed_tokens.weight") and (
+            np.array_equal(source.get("lm_head.weight"), source.get("model.embed_tokens.weight"))
+        )
+        if not tied_ok:
+            raise CheckpointError(
+                f"{source.description}: config says tie_word_embeddings=true but lm_head.weight "
+                "differs from model.embed_tokens.weight. Set tie_word_embeddings=false in "
+                "config.json."
+            )
     bad = []
     for s in specs:
         ours = _leaf(shapes, s.path).shape
@@ -408,7 +408,7 @@ def check_source(config: ModelConfig, source: TensorSource) -> list[TensorSpec]:
             f"{config.vocab_size}): "
             + "; ".join(bad[:6])
             + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else "")
-            + ". Fix config.json to match the weights. Nothing was loaded."
+            + ". Fix config.json (or the GGUF metadata) to match the weights. Nothing was loaded."
         )
     return specs
 
