@@ -308,6 +308,8 @@ class Reflector:
             raise ValueError("process 0 needs a reflection LM; pass one (see get_reflection_lm).")
         if content_retries < 0 or max_context_chars < 1:
             raise ValueError("content_retries must be >= 0 and max_context_chars >= 1.")
+        if edit_mode not in EDIT_MODES:
+            raise ValueError(f"edit_mode must be one of {EDIT_MODES}, got {edit_mode!r}.")
         self.lm = lm
         self.edit_mode = edit_mode
         self.template = template if template is not None else load_template()
@@ -385,7 +387,8 @@ class Reflector:
             text, fault = self._check(entry, parent)
             if fault is None:
                 break
-            note = self._retry_note.replace("<reason>", _FAULT_WORDS[fault])
+            why = _FAULT_WORDS[fault].format(limit=self.max_context_chars)
+            note = self._retry_note.replace("<reason>", why)
             messages = [
                 *messages,
                 {"role": "assistant", "content": entry.get("text") or ""},
@@ -427,6 +430,6 @@ _FAULT_WORDS = {
     "empty": "the reply was empty",
     "unfenced": "the new context was not inside a ``` block",
     "truncated": "the reply was cut off at the length limit",
-    "too_long": "the new context was longer than allowed",
+    "too_long": "the new context was longer than the {limit}-character limit",
     "identical": "the new context was identical to the current one",
 }
