@@ -175,6 +175,13 @@ def test_two_rounds_keep_population_rescore_and_respect_budget():
         r2.new_candidates
     )
     assert state.rounds == 2 and state.counters["metric_calls"] == r1.total_calls + r2.total_calls
+    table = {c: [state.scores[c][a] for a in anchors2] for c in state.scores}
+    assert r2.best_mean == max(sum(v) / len(v) for v in table.values())
+    assert r2.front_mean == sum(
+        max(table[c][j] for c in table) for j in range(len(anchors2))
+    ) / len(anchors2)
+    assert set(r2.front) <= set(table) and r2.pool_size == len(state.candidates)
+    assert r2.metrics()["calls_used"] == r2.calls_used
 
     with pytest.raises(ValueError, match="more than the round budget"):
         run_round(

@@ -29,7 +29,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from fst_jax.gepa.population import PopulationState
+from fst_jax.gepa.population import PopulationState, remove_dominated
 from fst_jax.gepa.reflection import Reflector
 
 EvaluateFn = Callable[[list[int], list[str]], tuple[list[float], list[str], list[str]]]
@@ -102,6 +102,12 @@ class RoundReport:
     skip_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     new_candidates: list[int] = dataclasses.field(default_factory=list)
     records: list[IterationRecord] = dataclasses.field(default_factory=list)
+    pool_size: int = 0
+    front: list[int] = dataclasses.field(default_factory=list)  # non-dominated active candidates
+    best_mean: float = 0.0  # best mean anchor score in the population after the round
+    front_mean: float = (
+        0.0  # mean over anchors of the per-instance best score (the Pareto "oracle")
+    )
 
     def metrics(self) -> dict[str, float]:
         """Flat scalars for the metrics stream."""
@@ -297,6 +303,11 @@ def run_round(
         )
 
     report.skip_reasons = dict(sorted(reasons.items()))
+    means, fronts = state.mean_scores(), state.fronts()
+    report.pool_size = len(state.candidates)
+    report.front = sorted(remove_dominated({a: m for a, (_, m) in fronts.items()}, means))
+    report.best_mean = max(means.values())
+    report.front_mean = sum(best for best, _ in fronts.values()) / len(fronts)
     for k in ("accepted", "rejected", "skipped_perfect", "skipped_lm"):
         state.bump(k, getattr(report, k))
     state.bump("metric_calls", report.total_calls)
