@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import time
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,8 @@ class Controller:
         self.train_step = rl.make_train_step(self.model_config, self.mesh, rl_cfg)
         self.measure_kl = rl.make_measure_kl(self.model_config, self.mesh)
         self.ref_logps = rl.make_logps_fn(self.model_config, self.mesh) if c.rl.kl_coef else None
+        if jax.process_count() > 1:  # multi-host (issue 8): host batches → global arrays
+            self._globalize_inputs()
         if c.init_from:  # plasticity probe: this run starts from another run's weights
             abstract = ckpt_lib.abstract_like(params)
             step = None if c.init_from_step < 0 else c.init_from_step
@@ -264,6 +267,26 @@ class Controller:
         self.writer = metrics.MetricsWriter(self.workdir, resume_step=resume_step)
 
     # ------------------------------------------------------------------ setup helpers
+
+    def _globalize_inputs(self) -> None:
+        """Every host builds the same numpy batch; the trainer's jitted functions (explicit
+        in_shardings) need global arrays on a multi-process mesh, so convert at the boundary."""
+        from fst_jax import distributed
+
+        bs = sharding.batch_sharding(self.mesh)
+        self.train_step.jitted = distributed.with_global_inputs(self.train_step.jitted, bs)
+        if self.ref_logps is not None:
+            self.ref_logps = distributed.with_global_inputs(self.ref_logps, bs, gather_outputs=True)
+        measure = self.measure_kl
+
+        def measure_kl(params: Any, base_params: Any, batch: Any) -> Any:
+            g = distributed.host_to_global(
+                (batch.tokens, batch.positions, batch.completion_mask), bs
+            )
+            return measure(params, base_params, types.SimpleNamespace(
+                tokens=g[0], positions=g[1], completion_mask=g[2]))  # fmt: skip
+
+        self.measure_kl = measure_kl
 
     def _seed_prompt(self, task_name: str) -> str:
         c = self.config.task

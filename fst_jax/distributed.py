@@ -304,6 +304,44 @@ def global_batch_from_local(
     return treedef.unflatten(out)
 
 
+def host_to_global(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Host values that are IDENTICAL on every process (numpy leaves) → global jax.Arrays.
+
+    For jitted functions with explicit `in_shardings`, which refuse numpy inputs in a
+    multi-process run; each process materialises only its own shards (no communication).
+    jax.Array leaves pass through; a no-op with one process. `sharding` applies to every leaf.
+    """
+    if jax.process_count() == 1:
+        return tree
+
+    def one(x: Any) -> Any:
+        if isinstance(x, jax.Array):
+            return x
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(one, tree)
+
+
+def with_global_inputs(
+    fn: Any, sharding: jax.sharding.Sharding, *, gather_outputs: bool = False
+) -> Any:
+    """Wrap a jitted `fn` so host (numpy) arguments become global arrays under `sharding`, and,
+    with `gather_outputs`, its batch-sharded outputs come back to every host as numpy.
+
+    How the controller keeps calling the trainer's jitted functions with host batches on a
+    multi-process mesh (single process: returns `fn` unchanged).
+    """
+    if jax.process_count() == 1:
+        return fn
+
+    def wrapped(*args: Any) -> Any:
+        out = fn(*host_to_global(args, sharding))
+        return gather_to_all(out) if gather_outputs else out
+
+    return wrapped
+
+
 def host_local_rows(x: jax.Array) -> np.ndarray:
     """This process's rows of a batch-sharded global array, as numpy, in global row order.
 
