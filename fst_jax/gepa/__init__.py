@@ -2,6 +2,17 @@
 
 Never imports JAX at module level: candidates are scored through an evaluation callback the
 controller implements with the sampler (see `round.py` for its exact contract).
+
+Typical wiring (the controller owns the sampler and the checkpoint):
+
+    state = PopulationState.new([task.seed_prompt], seed=cfg.seed)
+    lm = get_reflection_lm("openai", model="gpt-5.2", base_url=None, api_key_env="OPENAI_API_KEY")
+    # or get_reflection_lm("local", config=cfg, params=base_params, tokenizer=tok)
+    reflector = Reflector(lm, lockstep=jax_lockstep())
+    for cycle in ...:
+        report = run_round(state, evaluate, reflector, {ex.id: ex.question for ex in anchors}, budget)
+        contexts = [c.text for c in export_top_k(state, K)]   # -> the sampler's prompt bank
+        checkpoint["gepa"] = state.to_json()                   # PopulationState.from_json to resume
 """
 
 from fst_jax.gepa.multihost import Lockstep, jax_lockstep
