@@ -347,7 +347,9 @@ class Controller:
         )
         restored, meta = self.checkpointer.restore(abstract)
         self.state = restored["train"]
-        self.key = ckpt_lib.key_from_data(restored["rng"])
+        # Through the host: the restored key is committed to one local device, which a jit over
+        # a multi-process mesh rejects; a fresh (uncommitted) key matches the unresumed run.
+        self.key = ckpt_lib.key_from_data(np.asarray(jax.device_get(restored["rng"])))
         h = meta["host"]
         self.step, self.cycle, self.positions = h["step"], h["cycle"], dict(h["positions"])
         self.population = gepa_lib.PopulationState.from_json(h["population"])

@@ -143,6 +143,9 @@ def launch(
                 start_new_session=True,  # our signals reach only this rank, not the launcher
             )
             procs.append(p)
+            with lock:
+                out.write(f"local launcher: rank {rank} pid {p.pid}\n")
+                out.flush()
             log = open(os.path.join(log_dir, f"rank{rank}.log"), "w") if log_dir else None  # noqa: SIM115
             if log is not None:
                 logs.append(log)
