@@ -47,12 +47,20 @@ WORKER = textwrap.dedent(
     out["rows"] = [start, stop]
     local = {"x": full[start:stop], "m": (full[start:stop] > 5).astype(np.int32)}
     g = distributed.global_batch_from_local(local, sh, global_rows)
-    total = jax.jit(lambda t: (t["x"] * t["m"]).sum(), out_shardings=NamedSharding(mesh, P()))(g)
+    total_fn = jax.jit(lambda t: (t["x"] * t["m"]).sum(), out_shardings=NamedSharding(mesh, P()))
+    total = total_fn(g)
     out["sum"] = float(total)
     doubled = jax.jit(lambda x: 2 * x, out_shardings=sh)(g["x"])
     out["local_doubled"] = distributed.host_local_rows(doubled).tolist()
     out["gathered"] = np.asarray(distributed.gather_to_all(doubled)).tolist()
     out["per_rank"] = np.asarray(distributed.gather_to_all(np.array([rank * 10.0]))).tolist()
+    # Identical host data on every process -> global arrays; a jitted fn with in_shardings.
+    g2 = distributed.host_to_global({"x": full, "m": (full > 5).astype(np.int32)}, sh)
+    out["sum_replicated_host"] = float(total_fn(g2))
+    double = jax.jit(lambda x: 2 * x, in_shardings=sh, out_shardings=sh)
+    out["wrapped"] = np.asarray(
+        distributed.with_global_inputs(double, sh, gather_outputs=True)(full)
+    ).tolist()
     try:
         distributed.global_batch_from_local({"x": full[:1]}, sh, global_rows)
         out["rows_error"] = None
@@ -102,6 +110,8 @@ def test_two_processes_gloo(tmp_path):
         np.testing.assert_array_equal(out["gathered"], 2 * full)
         np.testing.assert_array_equal(np.ravel(out["per_rank"]), [0.0, 10.0])
         assert "passed 1 rows but owns rows" in out["rows_error"]
+        assert out["sum_replicated_host"] == out["sum"]
+        np.testing.assert_array_equal(out["wrapped"], 2 * full)
 
 
 def test_single_process_is_a_no_op(monkeypatch):
