@@ -10,12 +10,18 @@ The numbers come from XLA:CPU's SPMD partitioner and buffer assignment, a proxy 
 sharding (and so argument/output sizes) is exact, temporaries can differ (different fusion,
 layout padding, bf16 handling, no TPU-specific rematerialisation). Keep the 20 % headroom.
 
-    # CI-sized: tiny model on 8 fake devices
+    # CI-sized: tiny model on 8 fake devices (~1 min)
     python -m fst_jax.aot --model=tiny_qwen3 --slices=cpu-8 --problems=4 --group=4 \
-        --prompt_len=32 --response_len=32
-    # the paper's setup (Qwen3-8B, 32 problems x G=8, 2048 prompt + 8192 response tokens)
-    python -m fst_jax.aot --model=qwen3_8b --slices=v5p-32,v5p-64,v5p-128,v4-64 --markdown
+        --prompt_len=48 --response_len=32 --bank_len=16 --markdown
+    # the paper's setup: Qwen3-8B, 32 problems x G=8 = 256 rows, 2048 prompt + 8192 response
+    # tokens (SDPO-C's limits), f32 params + AdamW, bf16 compute, remat per layer
+    python -m fst_jax.aot --model=qwen3_8b --slices=v5p-32,v5p-64,v5p-128,v4-64 --markdown \
+        --json_out=plan_qwen3_8b.json [--lock_file=/tmp/fst_heavy.lock on shared machines]
 
+For each candidate mesh (all chips on fsdp × tensor ∈ {1, 2, 4, 8}) the search raises the
+train step's micro-batches and the number of sequential sampler calls per step (rows split
+across calls) until each fits the budget — predicted from the last compile, then verified by
+compiling. Sampling is charged with the trainer's resident state (params + AdamW moments).
 Each slice runs in a fresh subprocess (the fake device count is fixed at JAX start-up).
 """
 
@@ -335,7 +341,9 @@ def evaluate_point(
     return res
 
 
-def default_points(chips: int, model: str) -> list[Point]:
+def default_points(
+    chips: int, model: str, tensor_sizes: Sequence[int] = (1, 2, 4, 8)
+) -> list[Point]:
     """Candidate meshes: all chips on fsdp × tensor ∈ {1, 2, 4, 8} (tensor must divide the KV
     heads), remat per layer. Pure data parallelism is never better here: FSDP already splits the
     batch the same way and also divides the optimizer state."""
@@ -343,7 +351,7 @@ def default_points(chips: int, model: str) -> list[Point]:
 
     cfg = get_config(model)
     out = []
-    for t in (1, 2, 4, 8):
+    for t in tensor_sizes:
         if chips % t or cfg.num_kv_heads % t or cfg.num_heads % t:
             continue
         out.append(Point(data=1, fsdp=chips // t, tensor=t, remat="layer"))
@@ -484,7 +492,9 @@ def recommend(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 def _worker(spec: dict[str, Any]) -> None:
     sl = Slice(**spec["slice"])
     workload = Workload(**spec["workload"])
-    points = [Point(**p) for p in spec["points"]] or default_points(sl.chips, spec["model"])
+    points = [Point(**p) for p in spec["points"]] or default_points(
+        sl.chips, spec["model"], spec["tensor_sizes"]
+    )
     search_slice(
         spec["model"],
         sl,
@@ -505,14 +515,19 @@ def plan(
     workload: Workload = Workload(),
     *,
     points: Sequence[Point] = (),
+    tensor_sizes: Sequence[int] = (1, 2, 4, 8),
     budget: float = 0.8,
     param_dtype: str = "float32",
     dtype: str = "bfloat16",
     sampler: bool = True,
     timeout_s: float | None = None,
+    lock_file: str | None = None,
     log=lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict[str, list[dict[str, Any]]]:
-    """Run the search for each slice in a fresh subprocess with `chips` fake CPU devices."""
+    """Run the search for each slice in a fresh subprocess with `chips` fake CPU devices.
+
+    `lock_file`: run each slice's worker under `flock lock_file` (shared build machines, so
+    other heavy jobs can interleave between slices instead of waiting for the whole plan)."""
     unknown = [s for s in slices if s not in SLICES]
     if unknown:
         raise ValueError(f"Unknown slice(s) {unknown}; known: {', '.join(SLICES)}")
@@ -524,6 +539,7 @@ def plan(
             "slice": dataclasses.asdict(sl),
             "workload": dataclasses.asdict(workload),
             "points": [dataclasses.asdict(p) for p in points],
+            "tensor_sizes": list(tensor_sizes),
             "budget": budget,
             "param_dtype": param_dtype,
             "dtype": dtype,
@@ -539,8 +555,9 @@ def plan(
         env["JAX_PLATFORMS"] = "cpu"
         t0 = time.perf_counter()
         log(f"[aot] {name}: {sl.chips} fake CPU devices, {model}: compiling candidates ...")
+        cmd = [sys.executable, "-m", "fst_jax.aot", "--worker_spec", json.dumps(spec)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fst_jax.aot", "--worker_spec", json.dumps(spec)],
+            ["flock", lock_file, *cmd] if lock_file else cmd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -573,7 +590,8 @@ def plan(
 
 
 def _gib(x: int) -> str:
-    return f"{x / GIB:.1f}"
+    """GiB with one decimal; small (CI-sized) values in MiB so they do not all read 0.0."""
+    return f"{x / GIB:.1f}" if x >= GIB // 10 else f"{x / 2**20:.2f} MiB"
 
 
 def _short(r: dict[str, Any]) -> str:
@@ -595,7 +613,7 @@ def markdown_table(results: dict[str, list[dict[str, Any]]], budget: float) -> s
     lines = [
         "| slice | chips × HBM | data×fsdp×tensor | remat | micro-batches | sampler calls | "
         "train state | train step (temps) | prefill | decode | sampling + state | "
-        "peak / budget (GiB) | fits |",
+        "peak / budget | fits |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
@@ -672,12 +690,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="starting candidate 'data,fsdp,tensor[,remat[,microbatches[,sampler_calls]]]' "
         "(repeatable; default: fsdp × tensor in {1,2,4,8}, remat=layer)",
     )
+    ap.add_argument(
+        "--tensor",
+        default="1,2,4,8",
+        help="tensor-parallel sizes of the default candidates (fsdp = chips / tensor)",
+    )
     ap.add_argument("--budget", type=float, default=0.8, help="fraction of HBM a plan may use")
     ap.add_argument("--param_dtype", default="float32")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--no_sampler", action="store_true", help="train step only")
     ap.add_argument("--timeout_s", type=float, default=None, help="per slice")
     ap.add_argument("--json_out", default=None)
+    ap.add_argument("--lock_file", default=None, help="flock this file around each slice's worker")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--worker_spec", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -712,18 +736,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         slices,
         workload,
         points=points,
+        tensor_sizes=[int(t) for t in args.tensor.split(",") if t],
         budget=args.budget,
         param_dtype=args.param_dtype,
         dtype=args.dtype,
         sampler=not args.no_sampler,
         timeout_s=args.timeout_s,
+        lock_file=args.lock_file,
     )
     wall = time.perf_counter() - t0
     print(
         f"AOT memory plan: {args.model}, {workload.problems} problems × G={workload.group} = "
         f"{workload.rows} rows, {workload.prompt_len} prompt + {workload.response_len} response "
         f"tokens, params {args.param_dtype} / compute {args.dtype}, AdamW; budget "
-        f"{args.budget:.0%} of HBM; XLA:CPU compiler as a proxy for TPU; wall {wall:.0f}s\n"
+        f"{args.budget:.0%} of HBM; sizes per chip in GiB; XLA:CPU compiler as a proxy for TPU; "
+        f"wall {wall:.0f}s\n"
     )
     if args.markdown:
         print(markdown_table(results, args.budget) + "\n")
