@@ -298,8 +298,8 @@ class Controller:
 
     def _make_reflection_lm(self) -> Any:
         c = self.config.gepa
-        if jax.process_index() != 0:
-            return None  # only process 0 calls the reflection LM (its text is broadcast)
+        if jax.process_index() != 0 and c.reflection_lm != "local":
+            return None  # only process 0 calls a remote reflection LM (its text is broadcast)
         if c.reflection_lm != "local":
             kw = dict(model=c.reflection_model, api_key_env=c.reflection_api_key_env,
                       max_tokens=c.reflection_max_tokens)  # fmt: skip
@@ -326,6 +326,8 @@ class Controller:
             key = _fold(self.key, _TAG_REFLECT, _text_hash(conversations))
             return self.sampler.generate_chat(self.base_params, conversations, sp, key)
 
+        if jax.process_count() > 1:  # a jitted sampler on the global mesh: every process calls it
+            return gepa_lib.LocalReflectionLM(generate, name="local", collective=True)
         return gepa_lib.get_reflection_lm("local", generate=generate)
 
     def _maybe_restore(self) -> int | None:
