@@ -28,13 +28,13 @@ def get_config():
     c.rl.lr = 2e-5
     c.rl.warmup_steps = 2
     c.gepa.k = 2
-    c.gepa.budget = 24
-    c.gepa.anchor_size = 8
+    c.gepa.budget = 16  # ≤ 2 reflective iterations per round on 4 anchors
+    c.gepa.anchor_size = 4  # rollout rows stay in the sampler's 4/8/16 buckets
     c.gepa.reflection_lm = "local"
-    c.gepa.reflection_max_tokens = 160
+    c.gepa.reflection_max_tokens = 128
     c.gepa.max_pool = 8
     c.eval.every_cycles = 2
-    c.eval.num_examples = 8
-    c.eval.kl_examples = 8
+    c.eval.num_examples = 4  # × k=4 = 16 rollouts per setting
+    c.eval.kl_examples = 4
     c.checkpoint.keep = 2
     return c
