@@ -47,6 +47,7 @@ from fst_jax import gepa as gepa_lib
 log = logging.getLogger(__name__)
 
 MODES = ("rl", "gepa", "fst", "fst_distill")
+FENCE = "```\n"  # opening fence prefilled into the local reflection LM's reply
 _TAG_RL, _TAG_GEPA, _TAG_EVAL, _TAG_REFLECT, _TAG_INIT = 1, 2, 3, 4, 5
 
 
@@ -310,12 +311,18 @@ class Controller:
                                      max_new_tokens=c.reflection_max_tokens)  # fmt: skip
         limit = self.model_config.max_position_embeddings - c.reflection_max_tokens
 
+        raw = sampling.raw_bank(self.tokenizer)
+
         def generate(conversations: list[list[dict[str, str]]]) -> list[str]:
+            # The reply is prefilled with an opening fence: small local models rarely open one
+            # themselves, and GEPA's extraction reads the text inside the fence.
+            rows = []
             for conv in conversations:
                 text = self.tokenizer.apply_chat_template(
                     conv, tokenize=False, add_generation_prompt=True
                 )
-                n = len(self.tokenizer.encode(text, add_special_tokens=False))
+                rows.append(self.tokenizer.encode(text + FENCE, add_special_tokens=False))
+                n = len(rows[-1])
                 bucket = next((b for b in self.sampler.task_buckets if b >= n), n)
                 if bucket > limit:  # the sampler pads the prompt to its bucket
                     raise gepa_lib.ReflectionLMError(
@@ -324,7 +331,11 @@ class Controller:
                         f"new tokens exceeds the local model's {self.model_config.max_position_embeddings}",
                     )
             key = _fold(self.key, _TAG_REFLECT, _text_hash(conversations))
-            return self.sampler.generate_chat(self.base_params, conversations, sp, key)
+            idx = np.full((len(rows),), raw.no_context, np.int32)
+            out = self.sampler.sample(
+                self.base_params, raw, idx, self.sampler.pad_tasks(rows), key, sp
+            )
+            return [FENCE + t for t in out.texts]
 
         if jax.process_count() > 1:  # a jitted sampler on the global mesh: every process calls it
             return gepa_lib.LocalReflectionLM(generate, name="local", collective=True)
