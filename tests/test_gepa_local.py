@@ -86,3 +86,42 @@ def test_local_smollm2_proposes_a_context_through_the_sampler():
     assert lm.usage["requests"] == requests_before
     assert [c.text for c in replay.candidates] == [c.text for c in state.candidates]
     assert report2.accepted == report.accepted
+
+
+def test_sampler_backend_bookkeeping_on_a_tiny_random_model(tmp_path):
+    """The same code path on tiny_llama (random weights): prefill, finish reasons, usage, cache."""
+    import jax
+
+    from fst_jax.gepa import load_template
+    from fst_jax.gepa.local_lm import local_reflection_lm_from_sampler
+    from fst_jax.models import get_config, init_params
+    from fst_jax.models.testing import tiny_tokenizer
+
+    config = get_config("tiny_llama", max_position_embeddings=2048)
+    params = init_params(config, jax.random.PRNGKey(0))
+    tok = tiny_tokenizer()
+    lm = get_reflection_lm(
+        "local", config=config, params=params, tokenizer=tok, max_new_tokens=12, seed=3
+    )
+    template = tmp_path / "short.md"
+    template.write_text("Ctx: <curr_param>\nEx: <side_info>\n<edit_request>")
+    reflector = Reflector(
+        lm, template=load_template(str(template)), content_retries=1, require_fence=True
+    )
+    state = PopulationState.new(["Be brief."])
+    recs = [{"Inputs": "1+1", "Generated Outputs": "3", "Feedback": "no"}]
+    out = reflector.propose(state, "Be brief.", recs, salt="t")
+    reply = lm.complete([{"role": "user", "content": "hi"}])
+    assert reply.text.startswith("```\n") and reply.finish_reason in ("stop", "length")
+    assert 1 <= reply.completion_tokens <= 12 and reply.prompt_tokens > 10
+    if reply.finish_reason == "stop":  # stopped inside the prefilled fence: it was closed for it
+        assert reply.text.rstrip().endswith("```")
+    assert out.attempts == 2 or out.text is not None
+    if out.text is None:
+        assert out.skip_reason in ("truncated", "empty", "identical", "too_long")
+    assert lm.usage["requests"] == out.attempts - out.cache_hits + 1
+    assert state.counters["lm_requests"] == out.attempts and len(state.lm_cache) == out.attempts
+    with pytest.raises(ValueError, match="needs a model"):
+        local_reflection_lm_from_sampler(config=config)
+    with pytest.raises(ValueError, match="collective"):
+        Reflector(lm, cache_path=str(tmp_path / "c.jsonl"))

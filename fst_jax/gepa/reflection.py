@@ -340,9 +340,9 @@ class Reflector:
                 f.write(json.dumps({"key": key, "entry": entry}, ensure_ascii=False) + "\n")
 
     def _check(self, entry: Mapping[str, Any], parent: str) -> tuple[str | None, str | None]:
+        if entry.get("finish_reason") == "length":  # cut at the reply cap: never a whole context
+            return None, "truncated"
         text, fault = extract_context(entry.get("text"), require_fence=self.require_fence)
-        if fault is None and entry.get("finish_reason") == "length":
-            fault = "truncated"
         if fault is None and len(text) > self.max_context_chars:
             fault = "too_long"
         if fault is None and text.strip() == parent.strip():
