@@ -290,6 +290,8 @@ def test_bad_inputs_fail_loudly():
         )
     with pytest.raises(ValueError, match="non-empty mapping"):
         run_round(state, ScriptedPolicy(state), refl, {}, 10)
+    with pytest.raises(TypeError, match="input text"):
+        run_round(state, ScriptedPolicy(state), refl, {"a": 3}, 10)
     with pytest.raises(ValueError, match="budget"):
         run_round(state, ScriptedPolicy(state), refl, _anchors(3), -1)
     with pytest.raises(ValueError, match="minibatch_size"):

@@ -208,6 +208,11 @@ def run_round(
         raise ValueError(
             "anchors must be a non-empty mapping {example id: input text} for this cycle."
         )
+    bad = [k for k, v in anchors.items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(
+            f"anchors must map example id -> input text (str); not str for ids {bad[:5]}."
+        )
     if config.minibatch_size != state.sampler.minibatch_size:
         raise ValueError(
             f"config.minibatch_size={config.minibatch_size} but the state was built with "
