@@ -536,6 +536,11 @@ class Controller:
         rewards = np.asarray([v.reward for v in verdicts], np.float32)
         tokens, positions, mask, logps = (np.asarray(x) for x in jax.device_get(
             (out.tokens, out.positions, out.completion_mask, out.logps)))  # fmt: skip
+        # The layout is [bank row | task bucket | suffix | max_new] wide, but rows are contiguous
+        # from column 0: drop the all-padding tail (to a 128-column bucket, so few compilations).
+        used = int((positions >= 0).sum(1).max())
+        keep = min(positions.shape[1], -(-used // 128) * 128)
+        tokens, positions, mask, logps = (x[:, :keep] for x in (tokens, positions, mask, logps))
         teacher = self._teacher_view(bank, ctx_slot, rows, out) if distill else None
         ref = None
         if self.ref_logps is not None:
