@@ -16,17 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# XLA flags must be set before jax is imported: `--xla_flags "--xla_cpu_use_xnnpack=true"`.
+for _i, _a in enumerate(sys.argv):
+    if _a.startswith("--xla_flags"):
+        _v = _a.split("=", 1)[1] if "=" in _a else sys.argv[_i + 1]
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _v).strip()
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
-from fst_jax.models import load
-from fst_jax.models.embedded import embedded_checkpoint_dir
-from fst_jax.sampling import Sampler, SamplingParams, build_bank
+from fst_jax.models import load  # noqa: E402
+from fst_jax.models.embedded import embedded_checkpoint_dir  # noqa: E402
+from fst_jax.sampling import Sampler, SamplingParams, build_bank  # noqa: E402
 
 CONTEXT = "You are a careful assistant. Think step by step and answer concisely."
 TASKS = [
@@ -137,6 +143,7 @@ def main() -> None:
     ap.add_argument("--hf_dtypes", default="float32,bfloat16", help="peer dtypes; best is used")
     ap.add_argument("--peak_gflops_f32", type=float, default=166.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--xla_flags", default="", help="extra XLA_FLAGS (applied before jax import)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batch_sizes.split(",")]
 
@@ -157,6 +164,7 @@ def main() -> None:
         for dt in args.hf_dtypes.split(",")
     }
     result: dict = {
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "model": "smollm2-135m-instruct",
         "new_tokens": args.new_tokens,
         "fst_dtype": args.dtype,
