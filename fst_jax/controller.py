@@ -335,7 +335,16 @@ class Controller:
             out = self.sampler.sample(
                 self.base_params, raw, idx, self.sampler.pad_tasks(rows), key, sp
             )
-            return [FENCE + t for t in out.texts]
+            finished = jax.device_get(out.finished)
+            replies = []
+            for done, text in zip(finished, out.texts):
+                body = FENCE + text
+                if bool(done) and body.rstrip().count(FENCE) < 2:
+                    # Stopped on EOS inside the prefilled fence: close it (as gepa.local_lm does);
+                    # a reply cut at max_new_tokens stays unclosed and is counted as truncated.
+                    body = body.rstrip() + "\n" + FENCE
+                replies.append(body)
+            return replies
 
         if jax.process_count() > 1:  # a jitted sampler on the global mesh: every process calls it
             return gepa_lib.LocalReflectionLM(generate, name="local", collective=True)
