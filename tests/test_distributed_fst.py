@@ -16,38 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from fst_subprocess import BOOT, REPO, tiny_flags
 
 from fst_jax import metrics
 
-REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "launch" / "local.py"
-# Registers the controller tests' `ctl_parity` task in the child, then runs the real app.
-BOOT = (
-    "import sys; sys.path.insert(0, {tests!r}); import test_controller_e2e; "
-    "from fst_jax.main import run; sys.argv[0] = 'fst-train'; run()"
-).format(tests=str(REPO / "tests"))
-TINY_FLAGS = [
-    "--config.model.spec=random:tiny_llama",
-    "--config.task.name=ctl_parity",
-    "--config.num_cycles=2",
-    "--config.rl.steps_per_cycle=2",
-    "--config.rl.batch_size=2",
-    "--config.rl.group_size=4",
-    "--config.rl.lr=0.01",
-    "--config.rl.warmup_steps=1",
-    "--config.gepa.k=2",
-    "--config.gepa.budget=12",
-    "--config.gepa.anchor_size=4",
-    "--config.gepa.max_pool=6",
-    "--config.sampling.max_new_tokens=6",
-    "--config.sampling.max_context_len=96",
-    "--config.eval.num_examples=2",
-    "--config.eval.kl_examples=2",
-    "--config.eval.every_cycles=1",
-    "--config.checkpoint.every_cycles=1",
-    "--config.summary=False",
-    "--config.progress=False",
-]
+TINY_FLAGS = tiny_flags(2, "--config.checkpoint.every_cycles=1", "--config.progress=False")
 pytestmark = pytest.mark.slow
 
 
