@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from chat_oracle import chat_template_ids
 
 from fst_jax.models import get_config, init_params
 from fst_jax.models.testing import tiny_tokenizer
@@ -39,17 +40,6 @@ def _compose(bank, sampler, idx, tasks):
     return np.asarray(toks), np.asarray(pos), np.asarray(lens)
 
 
-def _reference_ids(tok, context, task, mode):
-    if context is None:
-        msgs = [{"role": "user", "content": task}]
-    elif mode == "system":
-        msgs = [{"role": "system", "content": context}, {"role": "user", "content": task}]
-    else:
-        msgs = [{"role": "user", "content": context + "\n\n" + task}]
-    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    return tok.encode(text, add_special_tokens=False)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return tiny_tokenizer()
@@ -68,7 +58,7 @@ def test_composed_prompts_equal_chat_template_tokenisation(tok, sampler, mode):
     toks, pos, lens = _compose(bank, sampler, idx, tasks)
     for b, (i, task) in enumerate(zip(idx, tasks)):
         context = None if i == bank.no_context else CONTEXTS[i]
-        ref = _reference_ids(tok, context, task, mode)
+        ref = chat_template_ids(tok, context, task, mode)
         assert lens[b] == len(ref)
         assert toks[b, : lens[b]].tolist() == ref
         assert pos[b, : lens[b]].tolist() == list(range(len(ref)))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from chat_oracle import chat_template_ids
 
 from fst_jax.models import load
 from fst_jax.models.embedded import embedded_checkpoint_dir
@@ -44,17 +45,6 @@ def hf_model():
     return model.eval()
 
 
-def _template_ids(tok, context, task, mode):
-    if context is None:
-        msgs = [{"role": "user", "content": task}]
-    elif mode == "system":
-        msgs = [{"role": "system", "content": context}, {"role": "user", "content": task}]
-    else:
-        msgs = [{"role": "user", "content": context + "\n\n" + task}]
-    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    return tok.encode(text, add_special_tokens=False)
-
-
 @pytest.mark.parametrize("mode", ["system", "user"])
 def test_bank_composition_matches_smollm2_template(ours, mode):
     _, _, tok = ours
@@ -67,7 +57,7 @@ def test_bank_composition_matches_smollm2_template(ours, mode):
     for i, t, n in zip(idx, tasks.tokens, tasks.lengths):
         composed = table[i, : lengths[i]].tolist() + t[:n].tolist() + suffix
         context = None if i == bank.no_context else CONTEXTS[i]
-        assert composed == _template_ids(tok, context, TASKS[idx.index(i)], mode)
+        assert composed == chat_template_ids(tok, context, TASKS[idx.index(i)], mode)
     # No context = the template's own default system prompt.
     assert "SmolLM" in tok.decode(table[bank.no_context, : lengths[bank.no_context]].tolist())
     # A task whose leading spaces would merge with the template text is refused, not silently re-tokenised.
@@ -84,7 +74,7 @@ def test_greedy_equals_hf_generate_64_tokens(ours, hf_model):
     toks = np.asarray(r.tokens)
     for b, i in enumerate(idx):
         context = None if i == bank.no_context else CONTEXTS[i]
-        ids = _template_ids(tok, context, TASKS[b], "system")
+        ids = chat_template_ids(tok, context, TASKS[b], "system")
         p = int(r.prompt_lengths[b])
         assert toks[b, :p].tolist() == ids
         with torch.no_grad():
