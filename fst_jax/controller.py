@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from fst_jax import checkpoint as ckpt_lib
-from fst_jax import evaluation, metrics, rl, sampling, sharding
+from fst_jax import distributed, evaluation, metrics, rl, sampling, sharding
 from fst_jax import gepa as gepa_lib
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,36 @@ def _text_hash(obj: Any) -> int:
     return int(hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8], 16)
 
 
+def _random_spec_fields(name: str, fields: list[str]) -> dict[str, Any]:
+    """``field=value`` items of a ``random:`` spec → ModelConfig overrides (typed like the field)."""
+    from fst_jax.models import ModelConfig
+
+    types_ = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)
+              if f.name != "name" and str(f.type) in ("int", "float", "bool", "str")}  # fmt: skip
+    out: dict[str, Any] = {}
+    for item in fields:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in types_:
+            raise ConfigError(
+                f"model spec 'random:{name},...': {item!r} is not field=value of a ModelConfig "
+                f"field.{_nearest(key, list(types_))} e.g. random:{name},max_position_embeddings=4096"
+            )
+        t, raw = types_[key], raw.strip()
+        bools = {"true": True, "1": True, "false": False, "0": False}
+        try:
+            out[key] = {"int": int, "float": float, "str": str, "bool": bools.__getitem__}[t](
+                raw.lower() if t == "bool" else raw
+            )
+        except (ValueError, KeyError):
+            raise ConfigError(f"model spec field {key}={raw!r} is not a valid {t}") from None
+    return out
+
+
 def load_model(config: Any) -> tuple[Any, Any, Any]:
-    """``random:<named config>`` → random init + the tiny tokenizer (tests); else models.load."""
+    """``random:<named config>[,field=value...]`` → random init + the tiny tokenizer (tests; the
+    fields override the named config, e.g. a longer ``max_position_embeddings`` so the local
+    reflection prompt fits); else models.load."""
     spec = str(config.model.spec)
     overrides = dict(
         dtype=config.model.dtype, param_dtype=config.model.param_dtype,
@@ -140,12 +168,12 @@ def load_model(config: Any) -> tuple[Any, Any, Any]:
         from fst_jax.models import get_config, init_params, named_configs
         from fst_jax.models.testing import tiny_tokenizer
 
-        name = spec.split(":", 1)[1]
+        name, *fields = (p.strip() for p in spec.split(":", 1)[1].split(","))
         if name not in named_configs():
             raise ConfigError(
                 f"unknown model config {name!r}.{_nearest(name, list(named_configs()))}"
             )
-        mcfg = get_config(name, **overrides)
+        mcfg = get_config(name, **{**overrides, **_random_spec_fields(name, fields)})
         params = init_params(mcfg, jax.random.key(config.seed))
         return mcfg, params, tiny_tokenizer()
     from fst_jax.models import load
@@ -208,7 +236,13 @@ class Controller:
         )
         self.row_multiple = sharding.batch_shard_count(self.mesh)
         validate_config(c, self.row_multiple)
-        self.tasks = {n: get_task(n, **dict(c.task.kwargs)) for n in task_names(c)}
+        # Every rollout batch is split over the mesh's batch shards: each process samples,
+        # decodes and verifies only its rows; scores and arrays are gathered (issue 8).
+        self.rows = sharding.batch_sharding(self.mesh)
+        self.tasks = {
+            n: distributed.RowShardedTask(get_task(n, **dict(c.task.kwargs)), self.rows)
+            for n in task_names(c)
+        }
         self.model_config, params, self.tokenizer = model or load_model(c)
         self.key = jax.random.key(c.seed)
         self.T, self.G, self.K = c.rl.steps_per_cycle, c.rl.group_size, c.gepa.k
@@ -233,7 +267,10 @@ class Controller:
         self.base_params = params  # π_base for KL, quadrants, local reflection (frozen)
         self.state = self.train_step.init(params)
         self.sampler = _ProgressSampler(
-            sampling.Sampler(self.model_config, self.tokenizer), enabled=c.progress
+            distributed.RowShardedSampler(
+                sampling.Sampler(self.model_config, self.tokenizer), self.rows
+            ),
+            enabled=c.progress,
         )
         self.sampling = sampling.SamplingParams(
             temperature=c.sampling.temperature, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
@@ -272,8 +309,6 @@ class Controller:
     def _globalize_inputs(self) -> None:
         """Every host builds the same numpy batch; the trainer's jitted functions (explicit
         in_shardings) need global arrays on a multi-process mesh, so convert at the boundary."""
-        from fst_jax import distributed
-
         bs = sharding.batch_sharding(self.mesh)
         self.train_step.jitted = distributed.with_global_inputs(self.train_step.jitted, bs)
         if self.ref_logps is not None:
@@ -333,11 +368,10 @@ class Controller:
             key = _fold(self.key, _TAG_REFLECT, _text_hash(conversations))
             idx = np.full((len(rows),), raw.no_context, np.int32)
             out = self.sampler.sample(
-                self.base_params, raw, idx, self.sampler.pad_tasks(rows), key, sp
+                self.base_params, raw, idx, self.sampler.pad_tasks(rows), key, sp, arrays=False
             )
-            finished = jax.device_get(out.finished)
             replies = []
-            for done, text in zip(finished, out.texts):
+            for done, text in zip(out.finished, out.texts):
                 body = FENCE + text
                 if bool(done) and body.rstrip().count(FENCE) < 2:
                     # Stopped on EOS inside the prefilled fence: close it (as gepa.local_lm does);
@@ -491,7 +525,8 @@ class Controller:
                 key = _fold(self.key, _TAG_GEPA, self.cycle, calls[0], lo)
                 rows = [by_id[eids[j]] for j, _ in pairs]
                 out = self.sampler.sample(params, bank, np.asarray([s for _, s in pairs], np.int32),
-                                          [ex.question for ex in rows], key, self.sampling)  # fmt: skip
+                                          [ex.question for ex in rows], key, self.sampling,
+                                          arrays=False)  # fmt: skip
                 verdicts = task.verify_batch(rows, out.texts)
                 for (j, _), v, txt in zip(pairs, verdicts, out.texts):
                     scores.append((j, v.reward))
@@ -510,6 +545,9 @@ class Controller:
         bar.close()
         top = gepa_lib.export_top_k(self.population, self.K)
         self.exported = [e.text for e in top]
+        # Lockstep check (one 32-byte all-gather): hosts that disagree would train on different
+        # contexts; fail here, naming it, rather than diverge silently.
+        distributed.assert_same_across_processes(self.population.to_json(), "the GEPA population")
         m = {f"gepa/{k}": v for k, v in report.metrics().items()}
         m.update({
             "gepa/pool_size": len(self.population.active_ids),
@@ -541,15 +579,11 @@ class Controller:
         out = self.sampler.sample(self.state.params, bank, idx, [ex.question for ex in rows], key,
                                   self.sampling, row_ids=np.arange(len(rows), dtype=np.int32))  # fmt: skip
         t_sample = time.time() - t0
-        verdicts = task.verify_batch(rows, out.texts)
+        verdicts = task.verify_batch(rows, out.texts)  # this process's rows, gathered
         rewards = np.asarray([v.reward for v in verdicts], np.float32)
-        tokens, positions, mask, logps = (np.asarray(x) for x in jax.device_get(
-            (out.tokens, out.positions, out.completion_mask, out.logps)))  # fmt: skip
-        # The layout is [bank row | task bucket | suffix | max_new] wide, but rows are contiguous
-        # from column 0: drop the all-padding tail (to a 128-column bucket, so few compilations).
-        used = int((positions >= 0).sum(1).max())
-        keep = min(positions.shape[1], -(-used // 128) * 128)
-        tokens, positions, mask, logps = (x[:, :keep] for x in (tokens, positions, mask, logps))
+        # Whole batch on every host, its all-padding column tail trimmed (RowShardedSampler);
+        # the train step's inputs become global arrays holding only each host's shards.
+        tokens, positions, mask, logps = out.tokens, out.positions, out.completion_mask, out.logps
         teacher = self._teacher_view(bank, ctx_slot, rows, out) if distill else None
         ref = None
         if self.ref_logps is not None:

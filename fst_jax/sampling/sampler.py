@@ -57,6 +57,9 @@ class Rollouts:
     finished: jax.Array
     completion_tokens: np.ndarray  # host int32[B, max_new_tokens], pad after the completion
     texts: list[str]
+    # Sampled with `sharding=`: the rows above are this process's rows [lo, hi) of the batch
+    # (host numpy arrays); None = all rows.
+    row_range: tuple[int, int] | None = None
 
     def batch(self) -> dict[str, jax.Array]:
         """The four arrays of the sampler → RL contract."""
@@ -181,12 +184,18 @@ class Sampler:
         *,
         row_ids: Any = None,
         timings: dict[str, float] | None = None,
+        sharding: jax.sharding.Sharding | None = None,
     ) -> Rollouts:
         """Sample one completion per row: row b's prompt = bank row prompt_idx[b] + task b.
 
         row_ids int[B] (default 0..B-1) is folded into `key` per row, so a row's sample depends
         only on (key, its row id, its prompt) — not on the rest of the batch.
         `timings`, if given, receives prefill_s / decode_s / steps (adds two host syncs).
+
+        `sharding` (a batch sharding on the params' mesh; multi-host runs): every process passes
+        the same whole batch, the rows are split into one block per batch shard
+        (`fst_jax.distributed.row_blocks`), and each process decodes only the rows its devices
+        sampled: the result holds this process's rows [lo, hi) = `row_range`, as host arrays.
         """
         self._check_bank(bank)
         if not isinstance(tasks, TaskTokens):
@@ -218,6 +227,8 @@ class Sampler:
                 "shorter buckets / bank max_len or fewer new tokens"
             )
 
+        if sharding is not None:
+            return self._sample_sharded(params, bank, idx, tasks, rid, key, sampling, sharding)
         bb = _batch_bucket(n, self.batch_buckets)
         pad = bb - n
         idx_b = np.concatenate([idx, np.full((pad,), bank.no_context, np.int32)])
@@ -272,6 +283,61 @@ class Sampler:
             finished=out["finished"],
             completion_tokens=np.asarray(gen),
             texts=list(texts),
+        )
+
+    def _sample_sharded(
+        self,
+        params: Any,
+        bank: PromptBank,
+        idx: np.ndarray,
+        tasks: TaskTokens,
+        rid: np.ndarray,
+        key: jax.Array,
+        sampling: SamplingParams,
+        sharding: jax.sharding.Sharding,
+    ) -> Rollouts:
+        """`sample` with the batch split into per-shard blocks; returns this process's rows."""
+        from fst_jax import distributed
+
+        plan = distributed.row_blocks(
+            idx.shape[0], sharding, bucket=lambda m: _batch_bucket(m, self.batch_buckets)
+        )
+        lo, hi = plan.lo, plan.hi
+        local = (
+            plan.pad_local(idx[lo:hi], bank.no_context),
+            plan.pad_local(tasks.tokens[lo:hi], 0),
+            plan.pad_local(tasks.lengths[lo:hi], 1),
+            plan.pad_local(rid[lo:hi].astype(np.int32), -1),
+        )
+        idx_g, tok_g, len_g, rid_g = (plan.to_global(x, sharding) for x in local)
+        if self.cast_params:
+            params = cast_params_for_sampling(self.config, params)
+        pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
+        state = engine.prefill(
+            self.config, sampling, pad_id, stop_ids, params, bank.table, bank.lengths,
+            bank.suffix, bank.suffix_length, idx_g, tok_g, len_g, rid_g, key,
+        )  # fmt: skip
+        state = engine.decode(self.config, sampling, pad_id, stop_ids, params, state)
+        out = engine.finalize(state, pad_id=pad_id)
+        del state
+        start, stop = plan.local_padded_range
+        host = {k: plan.unpad_local(distributed.rows_of(v, start, stop)) for k, v in out.items()}
+        gen, gen_len = host["completion_tokens"], host["completion_lengths"]
+        texts = self.tokenizer.batch_decode(
+            [row[:m].tolist() for row, m in zip(gen, gen_len)], skip_special_tokens=True
+        )
+        return Rollouts(
+            tokens=host["tokens"],
+            positions=host["positions"],
+            completion_mask=host["completion_mask"],
+            logps=host["logps"],
+            raw_logps=host["raw_logps"],
+            prompt_lengths=host["prompt_lengths"],
+            completion_lengths=gen_len,
+            finished=host["finished"],
+            completion_tokens=gen,
+            texts=list(texts),
+            row_range=(lo, hi),
         )
 
     def generate_chat(
