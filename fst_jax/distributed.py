@@ -8,6 +8,12 @@ things: "am I the writer?" (`is_main_process`), "give everyone process 0's Pytho
 mine, and how do I turn them into / back from a global array" (`local_row_range`,
 `global_batch_from_local`, `host_local_rows`).
 
+Per-host rows: every rollout batch is laid out as one block per batch shard (`row_blocks`);
+`RowShardedSampler` has each process sample and decode only its blocks and `RowShardedTask`
+has it verify only those rows, and `gather_rows` (pickled objects over `allgather_objects`)
+hands every process the whole batch's texts, verdicts and arrays, so N hosts each do 1/N of the
+host work while still agreeing on every score.
+
 How to call it (from `fst_jax.main` before anything touches a device):
 
     from fst_jax import distributed

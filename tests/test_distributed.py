@@ -67,6 +67,47 @@ WORKER = textwrap.dedent(
     except ValueError as e:
         out["rows_error"] = str(e)
 
+    # Per-host rows: row_blocks splits a 10-row batch into 4 blocks (2 per process); each
+    # process verifies only its rows; texts/verdicts/arrays come back whole everywhere.
+    plan = distributed.row_blocks(10, sh)
+    out["blocks"] = [plan.num_blocks, plan.chunk, plan.lo, plan.hi]
+    out["objects"] = distributed.allgather_objects({"rank": rank, "text": "é" * (rank + 1)})
+    mine = list(range(plan.lo, plan.hi))
+    g = distributed.gather_rows(
+        {"t": [f"row{i}" for i in mine], "x": np.asarray(mine, np.float32)[:, None] * [1, -1]},
+        plan.lo, plan.hi, 10,
+    )
+    out["gathered_rows"] = [g["t"], g["x"].tolist()]
+
+    class Recorder:
+        calls = []
+
+        def verify_batch(self, examples, completions):
+            self.calls.append(list(examples))
+            return [{"ex": e, "len": len(c)} for e, c in zip(examples, completions)]
+
+    task = distributed.RowShardedTask(Recorder(), sh)
+    out["verdicts"] = task.verify_batch([f"ex{i}" for i in range(10)], ["y" * i for i in range(10)])
+    out["verify_calls"] = Recorder.calls
+    # Blocks replicated across processes (the second mesh axis pairs devices of both processes):
+    # both own every row; the gather keeps one copy of each.
+    cross = Mesh(np.array(jax.devices()).reshape(2, 2).T, ("batch", "rep"))
+    xsh = NamedSharding(cross, P("batch"))
+    xplan = distributed.row_blocks(5, xsh)
+    out["replica_rows"] = [xplan.lo, xplan.hi]
+    out["replica_gather"] = distributed.gather_rows(
+        {"t": [f"r{i}" for i in range(xplan.lo, xplan.hi)]}, xplan.lo, xplan.hi, 5)["t"]
+    mesh2 = Mesh(np.array(jax.devices()).reshape(2, 2), ("a", "b"))
+    rows_only = jax.jit(lambda x: 3 * x, out_shardings=NamedSharding(mesh2, P("a")))(g2["x"])
+    out["rows_of"] = distributed.rows_of(rows_only, 4 * rank + 1, 4 * rank + 3).tolist()
+    split = jax.jit(lambda x: 3 * x, out_shardings=NamedSharding(mesh2, P("a", "b")))(
+        np.ones((8, 4), np.float32))
+    try:
+        distributed.rows_of(split, 0, 2)
+        out["rows_of_error"] = None
+    except ValueError as e:
+        out["rows_of_error"] = str(e)
+
     distributed.sync_barrier("before_write")
     with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
         json.dump(out, f)
@@ -112,6 +153,17 @@ def test_two_processes_gloo(tmp_path):
         assert "passed 1 rows but owns rows" in out["rows_error"]
         assert out["sum_replicated_host"] == out["sum"]
         np.testing.assert_array_equal(out["wrapped"], 2 * full)
+        # chunk 3 over 4 blocks: rank 0 blocks {0,1} = rows [0,6), rank 1 blocks {2,3} = [6,10).
+        assert out["blocks"] == [4, 3, 6 * r, 6 if r == 0 else 10]
+        assert out["objects"] == [{"rank": 0, "text": "é"}, {"rank": 1, "text": "éé"}]
+        assert out["gathered_rows"] == [[f"row{i}" for i in range(10)],
+                                        [[float(i), -float(i)] for i in range(10)]]  # fmt: skip
+        assert out["verdicts"] == [{"ex": f"ex{i}", "len": i} for i in range(10)]
+        assert out["verify_calls"] == [[f"ex{i}" for i in (range(6) if r == 0 else range(6, 10))]]
+        assert out["replica_rows"] == [0, 5]
+        assert out["replica_gather"] == [f"r{i}" for i in range(5)]
+        np.testing.assert_array_equal(out["rows_of"], 3 * full[4 * r + 1 : 4 * r + 3])
+        assert "are not all held by process" in out["rows_of_error"]
 
 
 def test_single_process_is_a_no_op(monkeypatch):
