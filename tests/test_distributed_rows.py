@@ -118,9 +118,12 @@ def test_sharded_sampler_matches_one_device_sampler(tiny):
     np.testing.assert_allclose(out.logps, np.asarray(ref.logps), atol=1e-5)
     # Explicit global row ids pick the same per-row streams as the default ids.
     rid = np.arange(7, dtype=np.int32)
-    again = s.sample(placed, bank, idx, questions, key, sp, row_ids=rid,
+    timings = {}
+    again = s.sample(placed, bank, idx, questions, key, sp, row_ids=rid, timings=timings,
                      sharding=shd.batch_sharding(mesh))  # fmt: skip
     assert again.texts == ref.texts
+    assert timings["steps"] == int(np.asarray(ref.completion_lengths).max())
+    assert timings["prefill_s"] > 0 and timings["decode_s"] > 0
 
 
 def test_row_sharded_wrappers_return_the_whole_batch(tiny):

@@ -228,7 +228,9 @@ class Sampler:
             )
 
         if sharding is not None:
-            return self._sample_sharded(params, bank, idx, tasks, rid, key, sampling, sharding)
+            return self._sample_sharded(
+                params, bank, idx, tasks, rid, key, sampling, sharding, timings
+            )
         bb = _batch_bucket(n, self.batch_buckets)
         pad = bb - n
         idx_b = np.concatenate([idx, np.full((pad,), bank.no_context, np.int32)])
@@ -236,36 +238,10 @@ class Sampler:
         len_b = np.concatenate([tasks.lengths, np.ones((pad,), np.int32)])
         rid_b = np.concatenate([rid.astype(np.int32), -1 - np.arange(pad, dtype=np.int32)])
 
-        if self.cast_params:
-            params = cast_params_for_sampling(self.config, params)
-        pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
-        t0 = time.perf_counter()
-        state = engine.prefill(
-            self.config,
-            sampling,
-            pad_id,
-            stop_ids,
-            params,
-            bank.table,
-            bank.lengths,
-            bank.suffix,
-            bank.suffix_length,
-            jnp.asarray(idx_b),
-            jnp.asarray(tok_b),
-            jnp.asarray(len_b),
-            jnp.asarray(rid_b),
-            key,
-        )
-        if timings is not None:
-            jax.block_until_ready(state)
-            t1 = time.perf_counter()
-        state = engine.decode(self.config, sampling, pad_id, stop_ids, params, state)
-        if timings is not None:
-            timings["steps"] = int(jax.block_until_ready(state).step)
-            timings["prefill_s"] = t1 - t0
-            timings["decode_s"] = time.perf_counter() - t1
-        out = engine.finalize(state, pad_id=pad_id)
-        del state
+        out = self._run(
+            params, bank, sampling, key, timings,
+            *(jnp.asarray(x) for x in (idx_b, tok_b, len_b, rid_b)),
+        )  # fmt: skip
         if pad:
             out = {k: v[:n] for k, v in out.items()}
         gen, gen_len = jax.device_get((out["completion_tokens"], out["completion_lengths"]))
@@ -285,6 +261,35 @@ class Sampler:
             texts=list(texts),
         )
 
+    def _run(
+        self,
+        params: Any,
+        bank: PromptBank,
+        sampling: SamplingParams,
+        key: jax.Array,
+        timings: dict[str, float] | None,
+        *rows: jax.Array,
+    ) -> dict[str, jax.Array]:
+        """The jitted prefill + decode + layout on padded rows (prompt_idx, task tokens, task
+        lengths, row ids); shared by the single-array and the per-shard-block paths."""
+        if self.cast_params:
+            params = cast_params_for_sampling(self.config, params)
+        pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
+        t0 = time.perf_counter()
+        state = engine.prefill(
+            self.config, sampling, pad_id, stop_ids, params, bank.table, bank.lengths,
+            bank.suffix, bank.suffix_length, *rows, key,
+        )  # fmt: skip
+        if timings is not None:
+            jax.block_until_ready(state)
+            t1 = time.perf_counter()
+        state = engine.decode(self.config, sampling, pad_id, stop_ids, params, state)
+        if timings is not None:
+            timings["steps"] = int(jax.block_until_ready(state).step)
+            timings["prefill_s"] = t1 - t0
+            timings["decode_s"] = time.perf_counter() - t1
+        return engine.finalize(state, pad_id=pad_id)
+
     def _sample_sharded(
         self,
         params: Any,
@@ -295,6 +300,7 @@ class Sampler:
         key: jax.Array,
         sampling: SamplingParams,
         sharding: jax.sharding.Sharding,
+        timings: dict[str, float] | None = None,
     ) -> Rollouts:
         """`sample` with the batch split into per-shard blocks; returns this process's rows."""
         from fst_jax import distributed
@@ -310,16 +316,7 @@ class Sampler:
             plan.pad_local(rid[lo:hi].astype(np.int32), -1),
         )
         idx_g, tok_g, len_g, rid_g = (plan.to_global(x, sharding) for x in local)
-        if self.cast_params:
-            params = cast_params_for_sampling(self.config, params)
-        pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
-        state = engine.prefill(
-            self.config, sampling, pad_id, stop_ids, params, bank.table, bank.lengths,
-            bank.suffix, bank.suffix_length, idx_g, tok_g, len_g, rid_g, key,
-        )  # fmt: skip
-        state = engine.decode(self.config, sampling, pad_id, stop_ids, params, state)
-        out = engine.finalize(state, pad_id=pad_id)
-        del state
+        out = self._run(params, bank, sampling, key, timings, idx_g, tok_g, len_g, rid_g)
         start, stop = plan.local_padded_range
         host = {k: plan.unpad_local(distributed.rows_of(v, start, stop)) for k, v in out.items()}
         gen, gen_len = host["completion_tokens"], host["completion_lengths"]
