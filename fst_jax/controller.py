@@ -22,6 +22,11 @@ contexts (G/K rows each). ``gepa`` mode runs the rounds on frozen base weights a
 Determinism: every random draw is keyed by ``fold_in(seed key, step/cycle/purpose)``; GEPA's RNG
 and reply cache live in its JSON state; the data position is a counter. So a run resumed from a
 checkpoint reproduces the uninterrupted run's metrics.
+
+Multi-host: every process runs this loop in lockstep; each rollout batch (RL, GEPA, validation,
+local reflection) is sampled, decoded and verified per host for that host's rows only
+(``distributed.RowShardedSampler`` / ``RowShardedTask``) and the results gathered, so every
+process holds the same scores and RL batch (process 0 alone writes files).
 """
 
 from __future__ import annotations
