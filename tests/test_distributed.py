@@ -20,6 +20,7 @@ WORKER = textwrap.dedent(
     import json, os, sys
     import numpy as np
     from fst_jax import distributed
+    from fst_jax.rows import RowShardedTask, gather_rows, row_blocks, rows_of
     info = distributed.maybe_initialize()          # from the launcher's FST_* environment
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -69,11 +70,11 @@ WORKER = textwrap.dedent(
 
     # Per-host rows: row_blocks splits a 10-row batch into 4 blocks (2 per process); each
     # process verifies only its rows; texts/verdicts/arrays come back whole everywhere.
-    plan = distributed.row_blocks(10, sh)
+    plan = row_blocks(10, sh)
     out["blocks"] = [plan.num_blocks, plan.chunk, plan.lo, plan.hi]
     out["objects"] = distributed.allgather_objects({"rank": rank, "text": "é" * (rank + 1)})
     mine = list(range(plan.lo, plan.hi))
-    g = distributed.gather_rows(
+    g = gather_rows(
         {"t": [f"row{i}" for i in mine], "x": np.asarray(mine, np.float32)[:, None] * [1, -1]},
         plan.lo, plan.hi, 10,
     )
@@ -86,24 +87,24 @@ WORKER = textwrap.dedent(
             self.calls.append(list(examples))
             return [{"ex": e, "len": len(c)} for e, c in zip(examples, completions)]
 
-    task = distributed.RowShardedTask(Recorder(), sh)
+    task = RowShardedTask(Recorder(), sh)
     out["verdicts"] = task.verify_batch([f"ex{i}" for i in range(10)], ["y" * i for i in range(10)])
     out["verify_calls"] = Recorder.calls
     # Blocks replicated across processes (the second mesh axis pairs devices of both processes):
     # both own every row; the gather keeps one copy of each.
     cross = Mesh(np.array(jax.devices()).reshape(2, 2).T, ("batch", "rep"))
     xsh = NamedSharding(cross, P("batch"))
-    xplan = distributed.row_blocks(5, xsh)
+    xplan = row_blocks(5, xsh)
     out["replica_rows"] = [xplan.lo, xplan.hi]
-    out["replica_gather"] = distributed.gather_rows(
+    out["replica_gather"] = gather_rows(
         {"t": [f"r{i}" for i in range(xplan.lo, xplan.hi)]}, xplan.lo, xplan.hi, 5)["t"]
     mesh2 = Mesh(np.array(jax.devices()).reshape(2, 2), ("a", "b"))
     rows_only = jax.jit(lambda x: 3 * x, out_shardings=NamedSharding(mesh2, P("a")))(g2["x"])
-    out["rows_of"] = distributed.rows_of(rows_only, 4 * rank + 1, 4 * rank + 3).tolist()
+    out["rows_of"] = rows_of(rows_only, 4 * rank + 1, 4 * rank + 3).tolist()
     split = jax.jit(lambda x: 3 * x, out_shardings=NamedSharding(mesh2, P("a", "b")))(
         np.ones((8, 4), np.float32))
     try:
-        distributed.rows_of(split, 0, 2)
+        rows_of(split, 0, 2)
         out["rows_of_error"] = None
     except ValueError as e:
         out["rows_of_error"] = str(e)

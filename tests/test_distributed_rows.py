@@ -15,6 +15,7 @@ from fst_jax import distributed, sampling
 from fst_jax import sharding as shd
 from fst_jax.models import get_config, init_params
 from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.rows import RowShardedSampler, RowShardedTask, gather_rows, row_blocks, rows_of
 
 
 def batch_sharding(shape):
@@ -33,7 +34,7 @@ def batch_sharding(shape):
     ],
 )
 def test_row_blocks_layout(mesh_shape, n, bucket, blocks, chunk, block_len):
-    plan = distributed.row_blocks(n, batch_sharding(mesh_shape), bucket)
+    plan = row_blocks(n, batch_sharding(mesh_shape), bucket)
     assert (plan.num_blocks, plan.chunk, plan.block_len) == (blocks, chunk, block_len)
     assert (plan.lo, plan.hi, plan.first, plan.last) == (0, n, 0, blocks)  # one process: all
     assert plan.global_rows == blocks * block_len
@@ -48,16 +49,16 @@ def test_row_blocks_layout(mesh_shape, n, bucket, blocks, chunk, block_len):
     np.testing.assert_array_equal(plan.unpad_local(padded), x)
     g = plan.to_global(padded, batch_sharding(mesh_shape))
     assert g.shape == (plan.global_rows, 2)
-    np.testing.assert_array_equal(distributed.rows_of(g, 0, plan.global_rows), expect)
+    np.testing.assert_array_equal(rows_of(g, 0, plan.global_rows), expect)
 
 
 def test_row_blocks_errors():
     sh = batch_sharding((4, 1, 2))
     with pytest.raises(ValueError, match="at least one row"):
-        distributed.row_blocks(0, sh)
+        row_blocks(0, sh)
     with pytest.raises(ValueError, match=r"bucket\(2\) returned 1"):
-        distributed.row_blocks(7, sh, bucket=lambda m: 1)
-    plan = distributed.row_blocks(7, sh)
+        row_blocks(7, sh, bucket=lambda m: 1)
+    plan = row_blocks(7, sh)
     with pytest.raises(ValueError, match=r"got 3 rows; this process owns rows \[0, 7\)"):
         plan.pad_local(np.zeros((3, 1)), 0)
 
@@ -66,21 +67,21 @@ def test_rows_of_reads_only_whole_row_shards():
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("a", "b"))
     x = np.arange(8 * 6).reshape(8, 6)
     by_rows = jax.device_put(x, NamedSharding(mesh, P("a")))
-    np.testing.assert_array_equal(distributed.rows_of(by_rows, 2, 7), x[2:7])
+    np.testing.assert_array_equal(rows_of(by_rows, 2, 7), x[2:7])
     # Columns split too: every shard is a partial row, but the array is fully addressable here.
     both = jax.device_put(x, NamedSharding(mesh, P("a", "b")))
-    np.testing.assert_array_equal(distributed.rows_of(both, 1, 3), x[1:3])
+    np.testing.assert_array_equal(rows_of(both, 1, 3), x[1:3])
 
 
 def test_gather_rows_single_process_and_errors():
-    out = distributed.gather_rows({"t": ["a", "b"], "x": np.arange(4).reshape(2, 2)}, 0, 2, 2)
+    out = gather_rows({"t": ["a", "b"], "x": np.arange(4).reshape(2, 2)}, 0, 2, 2)
     assert out["t"] == ["a", "b"]
     np.testing.assert_array_equal(out["x"], np.arange(4).reshape(2, 2))
     assert distributed.allgather_objects({"k": 1}) == [{"k": 1}]
     with pytest.raises(ValueError, match=r"field 't' has 1 rows but this process holds rows"):
-        distributed.gather_rows({"t": ["a"]}, 0, 2, 2)
+        gather_rows({"t": ["a"]}, 0, 2, 2)
     with pytest.raises(RuntimeError, match=r"rows \[2\] of the 3-row batch came from no process"):
-        distributed.gather_rows({"t": ["a", "b"]}, 0, 2, 3)
+        gather_rows({"t": ["a", "b"]}, 0, 2, 3)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_row_sharded_wrappers_return_the_whole_batch(tiny):
     sp = sampling.SamplingParams(max_new_tokens=8)
     key = jax.random.key(5)
     rows = batch_sharding((4, 1, 2))
-    sampler = distributed.RowShardedSampler(sampling.Sampler(cfg, tok), rows, trim_to=16)
+    sampler = RowShardedSampler(sampling.Sampler(cfg, tok), rows, trim_to=16)
     full = sampling.Sampler(cfg, tok).sample(params, bank, idx, questions, key, sp)
     out = sampler.sample(params, bank, idx, questions, key, sp)
     assert out.texts == full.texts
@@ -157,7 +158,7 @@ def test_row_sharded_wrappers_return_the_whole_batch(tiny):
             self.calls.append(list(examples))
             return [f"{e}:{c}" for e, c in zip(examples, completions)]
 
-    task = distributed.RowShardedTask(Recorder(), rows)
+    task = RowShardedTask(Recorder(), rows)
     assert task.verify_batch(["a", "b", "c"], ["1", "2", "3"]) == ["a:1", "b:2", "c:3"]
     assert task.calls == [["a", "b", "c"]] and task.seed_prompt == "S"
     assert task.verify_batch([], []) == [] and len(task.calls) == 1

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fst_jax.models.config import ModelConfig
+from fst_jax.rows import row_blocks, rows_of
 from fst_jax.sampling import engine
 from fst_jax.sampling.prompt_bank import PromptBank, raw_bank, tokenizer_fingerprint
 from fst_jax.sampling.select import SamplingParams
@@ -194,7 +195,7 @@ class Sampler:
 
         `sharding` (a batch sharding on the params' mesh; multi-host runs): every process passes
         the same whole batch, the rows are split into one block per batch shard
-        (`fst_jax.distributed.row_blocks`), and each process decodes only the rows its devices
+        (`fst_jax.rows.row_blocks`), and each process decodes only the rows its devices
         sampled: the result holds this process's rows [lo, hi) = `row_range`, as host arrays.
         """
         self._check_bank(bank)
@@ -303,9 +304,7 @@ class Sampler:
         timings: dict[str, float] | None = None,
     ) -> Rollouts:
         """`sample` with the batch split into per-shard blocks; returns this process's rows."""
-        from fst_jax import distributed
-
-        plan = distributed.row_blocks(
+        plan = row_blocks(
             idx.shape[0], sharding, bucket=lambda m: _batch_bucket(m, self.batch_buckets)
         )
         lo, hi = plan.lo, plan.hi
@@ -318,7 +317,7 @@ class Sampler:
         idx_g, tok_g, len_g, rid_g = (plan.to_global(x, sharding) for x in local)
         out = self._run(params, bank, sampling, key, timings, idx_g, tok_g, len_g, rid_g)
         start, stop = plan.local_padded_range
-        host = {k: plan.unpad_local(distributed.rows_of(v, start, stop)) for k, v in out.items()}
+        host = {k: plan.unpad_local(rows_of(v, start, stop)) for k, v in out.items()}
         gen, gen_len = host["completion_tokens"], host["completion_lengths"]
         texts = self.tokenizer.batch_decode(
             [row[:m].tolist() for row, m in zip(gen, gen_len)], skip_special_tokens=True
