@@ -23,16 +23,17 @@ Determinism: every random draw is keyed by ``fold_in(seed key, step/cycle/purpos
 and reply cache live in its JSON state; the data position is a counter. So a run resumed from a
 checkpoint reproduces the uninterrupted run's metrics.
 
+What the loop is built from (config checks, model loading, the local reflection LM, progress
+bars) lives in ``fst_jax.run_setup``.
+
 Multi-host: every process runs this loop in lockstep; each rollout batch (RL, GEPA, validation,
 local reflection) is sampled, decoded and verified per host for that host's rows only
-(``distributed.RowShardedSampler`` / ``RowShardedTask``) and the results gathered, so every
+(``rows.RowShardedSampler`` / ``RowShardedTask``) and the results gathered, so every
 process holds the same scores and RL batch (process 0 alone writes files).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -48,80 +49,20 @@ import numpy as np
 from fst_jax import checkpoint as ckpt_lib
 from fst_jax import distributed, evaluation, metrics, rl, sampling, sharding
 from fst_jax import gepa as gepa_lib
+from fst_jax.rows import RowShardedSampler, RowShardedTask
+from fst_jax.run_setup import (
+    ConfigError,
+    ProgressSampler,
+    load_model,
+    make_reflection_lm,
+    progress,
+    task_names,
+    validate_config,
+)
 
 log = logging.getLogger(__name__)
 
-MODES = ("rl", "gepa", "fst", "fst_distill")
-FENCE = "```\n"  # opening fence prefilled into the local reflection LM's reply
 _TAG_RL, _TAG_GEPA, _TAG_EVAL, _TAG_REFLECT, _TAG_INIT = 1, 2, 3, 4, 5
-
-
-class ConfigError(ValueError):
-    """An fst-train config that cannot run; the message says what to change."""
-
-
-def _nearest(name: str, choices: Sequence[str]) -> str:
-    near = difflib.get_close_matches(name, list(choices), n=1)
-    return f" Did you mean {near[0]!r}?" if near else ""
-
-
-def task_names(config: Any) -> list[str]:
-    stream = [s.strip() for s in str(config.task.stream).split(",") if s.strip()]
-    return stream or [config.task.name]
-
-
-def validate_config(config: Any, num_batch_shards: int | None = None) -> None:
-    """Checks a config before any device work; raises ConfigError naming the fix."""
-    from fst_jax.tasks import list_tasks
-
-    if config.mode not in MODES:
-        raise ConfigError(
-            f"config.mode={config.mode!r} is not one of {MODES}.{_nearest(config.mode, MODES)}"
-        )
-    known = list_tasks()
-    for name in task_names(config):
-        if name not in known:
-            raise ConfigError(
-                f"unknown task {name!r}; available: {', '.join(known)}.{_nearest(name, known)}"
-            )
-    if config.task.stream and config.task.switch_every < 1:
-        raise ConfigError(
-            "config.task.stream is set but task.switch_every < 1; set the RL steps per task"
-        )
-    g, k, b, t = (
-        config.rl.group_size,
-        config.gepa.k,
-        config.rl.batch_size,
-        config.rl.steps_per_cycle,
-    )
-    if min(g, b, t, config.num_cycles) < 1 or k < 1:
-        raise ConfigError(
-            f"rl.group_size={g}, gepa.k={k}, rl.batch_size={b}, rl.steps_per_cycle={t} and "
-            f"num_cycles={config.num_cycles} must all be >= 1"
-        )
-    uses_pop = config.mode in ("fst", "fst_distill")
-    if uses_pop and g % k:
-        raise ConfigError(
-            f"gepa.k={k} contexts must divide rl.group_size={g} (G/K rollouts per context); "
-            f"e.g. --config.gepa.k={max(d for d in range(1, g + 1) if g % d == 0 and d <= k)}"
-        )
-    if k + 2 > config.gepa.max_pool:
-        raise ConfigError(f"gepa.max_pool={config.gepa.max_pool} must be >= gepa.k + 2 = {k + 2}")
-    rows = b * g
-    if num_batch_shards and rows % (num_batch_shards * config.rl.micro_batches):
-        raise ConfigError(
-            f"rl.batch_size × rl.group_size = {rows} rows cannot be split into "
-            f"{config.rl.micro_batches} micro-batches over {num_batch_shards} data×fsdp shards; "
-            f"use a row count that is a multiple of {num_batch_shards * config.rl.micro_batches}"
-        )
-    if config.gepa.minibatch > config.gepa.anchor_size:
-        raise ConfigError(
-            f"gepa.minibatch={config.gepa.minibatch} exceeds gepa.anchor_size={config.gepa.anchor_size}"
-        )
-    if config.resume not in ("auto", "force", "never"):
-        raise ConfigError(f"config.resume={config.resume!r}; use auto, force or never")
-    if config.eval.k < 1 or config.eval.num_examples < 1:
-        raise ConfigError("eval.k and eval.num_examples must be >= 1")
 
 
 def _fold(key: jax.Array, *ints: int) -> jax.Array:
@@ -132,60 +73,6 @@ def _fold(key: jax.Array, *ints: int) -> jax.Array:
 
 def _text_hash(obj: Any) -> int:
     return int(hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8], 16)
-
-
-def _random_spec_fields(name: str, fields: list[str]) -> dict[str, Any]:
-    """``field=value`` items of a ``random:`` spec → ModelConfig overrides (typed like the field)."""
-    from fst_jax.models import ModelConfig
-
-    types_ = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)
-              if f.name != "name" and str(f.type) in ("int", "float", "bool", "str")}  # fmt: skip
-    out: dict[str, Any] = {}
-    for item in fields:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or key not in types_:
-            raise ConfigError(
-                f"model spec 'random:{name},...': {item!r} is not field=value of a ModelConfig "
-                f"field.{_nearest(key, list(types_))} e.g. random:{name},max_position_embeddings=4096"
-            )
-        t, raw = types_[key], raw.strip()
-        bools = {"true": True, "1": True, "false": False, "0": False}
-        try:
-            out[key] = {"int": int, "float": float, "str": str, "bool": bools.__getitem__}[t](
-                raw.lower() if t == "bool" else raw
-            )
-        except (ValueError, KeyError):
-            raise ConfigError(f"model spec field {key}={raw!r} is not a valid {t}") from None
-    return out
-
-
-def load_model(config: Any) -> tuple[Any, Any, Any]:
-    """``random:<named config>[,field=value...]`` → random init + the tiny tokenizer (tests; the
-    fields override the named config, e.g. a longer ``max_position_embeddings`` so the local
-    reflection prompt fits); else models.load."""
-    spec = str(config.model.spec)
-    overrides = dict(
-        dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-        remat=config.model.remat, scan_layers=config.model.scan_layers,
-    )  # fmt: skip
-    if spec.startswith("random:"):
-        from fst_jax.models import get_config, init_params, named_configs
-        from fst_jax.models.testing import tiny_tokenizer
-
-        name, *fields = (p.strip() for p in spec.split(":", 1)[1].split(","))
-        if name not in named_configs():
-            raise ConfigError(
-                f"unknown model config {name!r}.{_nearest(name, list(named_configs()))}"
-            )
-        mcfg = get_config(name, **{**overrides, **_random_spec_fields(name, fields)})
-        params = init_params(mcfg, jax.random.key(config.seed))
-        return mcfg, params, tiny_tokenizer()
-    from fst_jax.models import load
-
-    dtype = overrides.pop("dtype")
-    mcfg, params, tok = load(spec, **{k: v for k, v in overrides.items() if k != "param_dtype"})
-    return dataclasses.replace(mcfg, dtype=dtype, param_dtype=config.model.param_dtype), params, tok
 
 
 class DataStream:
@@ -245,8 +132,7 @@ class Controller:
         # decodes and verifies only its rows; scores and arrays are gathered (issue 8).
         self.rows = sharding.batch_sharding(self.mesh)
         self.tasks = {
-            n: distributed.RowShardedTask(get_task(n, **dict(c.task.kwargs)), self.rows)
-            for n in task_names(c)
+            n: RowShardedTask(get_task(n, **dict(c.task.kwargs)), self.rows) for n in task_names(c)
         }
         self.model_config, params, self.tokenizer = model or load_model(c)
         self.key = jax.random.key(c.seed)
@@ -271,10 +157,8 @@ class Controller:
             )
         self.base_params = params  # π_base for KL, quadrants, local reflection (frozen)
         self.state = self.train_step.init(params)
-        self.sampler = _ProgressSampler(
-            distributed.RowShardedSampler(
-                sampling.Sampler(self.model_config, self.tokenizer), self.rows
-            ),
+        self.sampler = ProgressSampler(
+            RowShardedSampler(sampling.Sampler(self.model_config, self.tokenizer), self.rows),
             enabled=c.progress,
         )
         self.sampling = sampling.SamplingParams(
@@ -285,8 +169,15 @@ class Controller:
             self.tokenizer, [], max_prompts=c.gepa.max_pool,
             max_len=c.sampling.max_context_len, mode=c.sampling.context_in,
         )  # fmt: skip
+        # The local reflection LM samples the frozen base policy; its keys read self.key at call
+        # time (a resumed run's restored key), tagged like every other draw of this loop.
         self.reflector = gepa_lib.Reflector(
-            reflection_lm or self._make_reflection_lm(), edit_mode=c.gepa.edit,
+            reflection_lm or make_reflection_lm(
+                c.gepa, sampler=self.sampler, tokenizer=self.tokenizer,
+                model_config=self.model_config, params=self.base_params,
+                key_for=lambda conv: _fold(self.key, _TAG_REFLECT, _text_hash(conv)),
+            ),
+            edit_mode=c.gepa.edit,
             lockstep=gepa_lib.jax_lockstep() if jax.process_count() > 1 else None,
         )  # fmt: skip
         self.gepa_config = gepa_lib.GepaConfig(
@@ -336,58 +227,6 @@ class Controller:
         if c.stream:
             return c.agnostic_seed_prompt
         return self.tasks[task_name].seed_prompt
-
-    def _make_reflection_lm(self) -> Any:
-        c = self.config.gepa
-        if jax.process_index() != 0 and c.reflection_lm != "local":
-            return None  # only process 0 calls a remote reflection LM (its text is broadcast)
-        if c.reflection_lm != "local":
-            kw = dict(model=c.reflection_model, api_key_env=c.reflection_api_key_env,
-                      max_tokens=c.reflection_max_tokens)  # fmt: skip
-            if c.reflection_base_url:
-                kw["base_url"] = c.reflection_base_url
-            return gepa_lib.get_reflection_lm(c.reflection_lm, **kw)
-        sp = sampling.SamplingParams(temperature=c.reflection_temperature,
-                                     max_new_tokens=c.reflection_max_tokens)  # fmt: skip
-        limit = self.model_config.max_position_embeddings - c.reflection_max_tokens
-
-        raw = sampling.raw_bank(self.tokenizer)
-
-        def generate(conversations: list[list[dict[str, str]]]) -> list[str]:
-            # The reply is prefilled with an opening fence: small local models rarely open one
-            # themselves, and GEPA's extraction reads the text inside the fence.
-            rows = []
-            for conv in conversations:
-                text = self.tokenizer.apply_chat_template(
-                    conv, tokenize=False, add_generation_prompt=True
-                )
-                rows.append(self.tokenizer.encode(text + FENCE, add_special_tokens=False))
-                n = len(rows[-1])
-                bucket = next((b for b in self.sampler.task_buckets if b >= n), n)
-                if bucket > limit:  # the sampler pads the prompt to its bucket
-                    raise gepa_lib.ReflectionLMError(
-                        "context_overflow",
-                        f"reflection prompt of {n} tokens (bucket {bucket}) + {c.reflection_max_tokens} "
-                        f"new tokens exceeds the local model's {self.model_config.max_position_embeddings}",
-                    )
-            key = _fold(self.key, _TAG_REFLECT, _text_hash(conversations))
-            idx = np.full((len(rows),), raw.no_context, np.int32)
-            out = self.sampler.sample(
-                self.base_params, raw, idx, self.sampler.pad_tasks(rows), key, sp, arrays=False
-            )
-            replies = []
-            for done, text in zip(out.finished, out.texts):
-                body = FENCE + text
-                if bool(done) and body.rstrip().count(FENCE) < 2:
-                    # Stopped on EOS inside the prefilled fence: close it (as gepa.local_lm does);
-                    # a reply cut at max_new_tokens stays unclosed and is counted as truncated.
-                    body = body.rstrip() + "\n" + FENCE
-                replies.append(body)
-            return replies
-
-        if jax.process_count() > 1:  # a jitted sampler on the global mesh: every process calls it
-            return gepa_lib.LocalReflectionLM(generate, name="local", collective=True)
-        return gepa_lib.get_reflection_lm("local", generate=generate)
 
     def _maybe_restore(self) -> int | None:
         latest = self.checkpointer.latest_step()
@@ -447,7 +286,7 @@ class Controller:
                                   "run/model": str(c.model.spec), "run/config": json.dumps(c.to_dict(), sort_keys=True)})  # fmt: skip
             if c.eval.at_start:
                 self.first_eval = self._evaluate(final=False)
-        bar = _progress(
+        bar = progress(
             total=c.num_cycles, initial=self.cycle, desc="FST cycles", enabled=c.progress
         )
         while self.cycle < c.num_cycles:
@@ -499,7 +338,7 @@ class Controller:
         by_id = {ex.id: ex for ex in anchors}
         calls, overlong = [0], [0]
         carried = len(self.population.exported_ids) or len(self.population.candidates)
-        bar = _progress(c.budget + carried * len(anchors), 0, f"GEPA round {self.cycle}",
+        bar = progress(c.budget + carried * len(anchors), 0, f"GEPA round {self.cycle}",
                         self.config.progress, unit="rollout")  # fmt: skip
         self.sampler.phase = "gepa"
         params = self.base_params if self.config.mode == "gepa" else self.state.params
@@ -707,42 +546,3 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  KL vs reward    {s['png']}")
     lines.append("=" * 72)
     return "\n".join(lines)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-
-def _progress(total: int | None, initial: int, desc: str, enabled: bool, unit: str = "cycle"):
-    if not enabled or jax.process_index() != 0:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
-
-
-class _ProgressSampler:
-    """The sampler plus a tqdm bar counting rollouts, labelled with the current phase."""
-
-    def __init__(self, sampler: sampling.Sampler, enabled: bool) -> None:
-        self._sampler, self.phase = sampler, ""
-        self._bar = _progress(None, 0, "sampling", enabled, unit="rollout")
-
-    def sample(self, *args: Any, **kwargs: Any) -> Any:
-        self._bar.set_postfix_str(self.phase)
-        out = self._sampler.sample(*args, **kwargs)
-        self._bar.update(len(out.texts))
-        return out
-
-    def close(self) -> None:
-        self._bar.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sampler, name)

@@ -10,7 +10,7 @@ import pytest
 from test_controller_e2e import ParityTask, ScriptedLM, tiny_config
 
 from fst_jax import checkpoint as ckpt
-from fst_jax import controller, gepa, metrics
+from fst_jax import controller, gepa, metrics, run_setup
 from fst_jax.tasks import base as task_base
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,9 +48,9 @@ def test_bad_configs_name_the_fix(edit, match):
             c[node][path[0]] = value
         else:
             c[node] = value
-    with pytest.raises(controller.ConfigError, match=match):
+    with pytest.raises(run_setup.ConfigError, match=match):
         shards = 8 if edit.get("mesh.devices") == -1 else 1
-        controller.validate_config(c, shards)
+        run_setup.validate_config(c, shards)
 
 
 def _cli(*flags):
@@ -121,7 +121,7 @@ def _load(name, arg=None):
 )
 def test_shipped_configs_validate(name):
     c = _load(name)
-    controller.validate_config(c, num_batch_shards=1)
+    run_setup.validate_config(c, num_batch_shards=1)
     if name == "default":  # the embedded run the issue asks for
         assert c.mode == "fst" and c.model.spec == "smollm2-135m-instruct"
         assert c.gepa.reflection_lm == "local" and c.eval.at_start

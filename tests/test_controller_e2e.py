@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fst_jax import checkpoint as ckpt
-from fst_jax import controller, gepa, metrics
+from fst_jax import controller, gepa, metrics, run_setup
 from fst_jax.tasks import base as task_base
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def run_mode(mode, workdir):
     return ctl, summary, base, lm
 
 
-@pytest.mark.parametrize("mode", controller.MODES)
+@pytest.mark.parametrize("mode", run_setup.MODES)
 def test_mode_two_cycles(mode, tmp_path):
     ctl, summary, base, lm = run_mode(mode, tmp_path)
     recs = metrics.read_metrics(tmp_path)

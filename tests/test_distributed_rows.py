@@ -167,11 +167,11 @@ def test_row_sharded_wrappers_return_the_whole_batch(tiny):
 
 
 def test_random_model_spec_fields():
-    from fst_jax import controller
+    from fst_jax import run_setup
 
     c = controller_config()
     c.model.spec = "random:tiny_llama,max_position_embeddings=4096,tie_word_embeddings=true"
-    mcfg, _, _ = controller.load_model(c)
+    mcfg, _, _ = run_setup.load_model(c)
     assert mcfg.max_position_embeddings == 4096 and mcfg.tie_word_embeddings
     assert mcfg.name == "tiny_llama" and mcfg.dtype == c.model.dtype
     for spec, match in [
@@ -182,8 +182,8 @@ def test_random_model_spec_fields():
         ("random:tiny_llama,4096", "is not field=value"),
     ]:  # fmt: skip
         c.model.spec = spec
-        with pytest.raises(controller.ConfigError, match=match):
-            controller.load_model(c)
+        with pytest.raises(run_setup.ConfigError, match=match):
+            run_setup.load_model(c)
 
 
 def controller_config():
