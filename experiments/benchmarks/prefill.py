@@ -8,8 +8,8 @@ same weights (the embedded model's cached HF dir), one after the other in one pr
 the median of --repeats calls after a warm-up (the jit compile is reported separately).
 FLOPs are the matmul FLOPs both implementations execute: 2 x (projection + MLP params) per token,
 the vocab projection, and the full T x T attention score/value matmuls (neither side skips the
-masked half). MFU is against this CPU's peak from shared/research/env.md §3: 166 GFLOP/s fp32 and
-333 GFLOP/s bf16 (2 Zen 4 cores x 32 FLOP/cycle x 2.6 GHz, x2 for bf16 dot products).
+masked half). MFU is against this CPU's matmul peak in the same dtype, measured in this run
+(`peaks.py`: the best 2048² matmul of JAX and torch), not a nominal figure.
 The last line printed is one JSON object with every figure.
 """
 
@@ -26,13 +26,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import jax
 import jax.numpy as jnp
 import numpy as np
+import peaks  # experiments/benchmarks/peaks.py, next to this script
 
 from fst_jax.models import ModelConfig, forward, load
 from fst_jax.models.embedded import embedded_checkpoint_dir
 from fst_jax.models.hf import config_from_hf, read_hf_config
 from fst_jax.models.loading import is_embedded
-
-PEAK_GFLOPS = {"float32": 166.0, "bfloat16": 333.0}
 
 
 def prefill_flops(c: ModelConfig, batch: int, seq: int) -> float:
@@ -98,6 +97,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         tokens = rng.integers(0, config.vocab_size, (args.batch, args.seq), dtype=np.int32)
         flops = prefill_flops(config, args.batch, args.seq)
+        mm = peaks.matmul_peaks(dtype)
         _, ours_logits, ours_s, compile_s = bench_jax(path, dtype, tokens, args.repeats)
         ref_logits, ref_s, threads = bench_torch(path, dtype, tokens, args.repeats)
         n = args.batch * args.seq
@@ -106,11 +106,12 @@ def main() -> None:
             "fst_jax_compile_s": compile_s,
             "fst_jax_tok_s": n / ours_s,
             "fst_jax_gflops": flops / ours_s / 1e9,
-            "fst_jax_mfu": flops / ours_s / 1e9 / PEAK_GFLOPS[dtype],
+            "fst_jax_mfu": flops / ours_s / 1e9 / mm["peak"],
             "hf_torch_s": ref_s,
             "hf_torch_tok_s": n / ref_s,
             "hf_torch_gflops": flops / ref_s / 1e9,
-            "hf_torch_mfu": flops / ref_s / 1e9 / PEAK_GFLOPS[dtype],
+            "hf_torch_mfu": flops / ref_s / 1e9 / mm["peak"],
+            "matmul_gflops": mm,
             "torch_threads": threads,
             "speedup_fst_jax_over_hf": ref_s / ours_s,
             "gflop_per_prefill": flops / 1e9,

@@ -5,9 +5,9 @@
 Both sides decode the same chat prompts greedily for exactly --new_tokens tokens (EOS ignored),
 in one process, one after the other. Decode tokens/s = B * (steps after the first token) / decode
 time (prefill timed separately; HF's prefill is its max_new_tokens=1 run). The roofline is this
-CPU's: per decode step, time >= max(bytes / bandwidth, flops / peak), with bandwidth measured here
-(sum over 256 MiB) and peak FLOP/s from env.md (2 cores x 32 FLOP/cycle x 2.6 GHz = 166 f32,
-x2 for bf16 = 333); bytes = weights (in the decode dtype) + the KV cache actually attended to.
+CPU's: per decode step, time >= max(bytes / bandwidth, flops / peak), with bandwidth and peak
+measured in this run (`peaks.py`: numpy sum over 256 MiB; the best 2048² matmul of JAX and torch in
+the decode dtype); bytes = weights (in the decode dtype) + the KV cache actually attended to.
 The last line printed is one JSON object with every figure and ratio.
 """
 
@@ -29,6 +29,7 @@ for _i, _a in enumerate(sys.argv):
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import peaks  # noqa: E402  (experiments/benchmarks/peaks.py, next to this script)
 
 from fst_jax.models import load  # noqa: E402
 from fst_jax.models.embedded import embedded_checkpoint_dir  # noqa: E402
@@ -45,14 +46,6 @@ TASKS = [
     "What is the capital of Japan?",
     "Give one tip for learning to code.",
 ]
-
-
-def measure_bandwidth_gbs() -> float:
-    """Read bandwidth as in env.md: best of 5 numpy sums over 256 MiB (XLA's reduce is slower)."""
-    x = np.ones((64 * 1024 * 1024,), np.float32)
-    x.sum()
-    best = min(_timed(x.sum) for _ in range(5))
-    return x.nbytes / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -141,7 +134,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--dtype", default="bfloat16", help="fst_jax decode dtype")
     ap.add_argument("--hf_dtypes", default="float32,bfloat16", help="peer dtypes; best is used")
-    ap.add_argument("--peak_gflops_f32", type=float, default=166.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--xla_flags", default="", help="extra XLA_FLAGS (applied before jax import)")
     args = ap.parse_args()
@@ -152,10 +144,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     config, params, tok = load("smollm2-135m-instruct", dtype=args.dtype)
-    bw = measure_bandwidth_gbs()
-    peak = args.peak_gflops_f32 * (2 if args.dtype == "bfloat16" else 1)
+    bw = peaks.read_bandwidth_gbs()
+    mm = peaks.matmul_peaks(args.dtype)
+    peak = mm["peak"]
     wbytes = jnp.dtype(args.dtype).itemsize
-    print(f"devices={jax.devices()} bandwidth={bw:.1f} GB/s peak({args.dtype})={peak:.0f} GFLOP/s")
+    print(
+        f"devices={jax.devices()} bandwidth={bw:.1f} GB/s; {args.dtype} 2048^2 matmul: "
+        f"jax {mm['jax']:.0f}, torch {mm['torch'] or 0:.0f} -> peak {peak:.0f} GFLOP/s"
+    )
 
     hf_models = {
         dt: transformers.AutoModelForCausalLM.from_pretrained(
@@ -170,6 +166,7 @@ def main() -> None:
         "fst_dtype": args.dtype,
         "bandwidth_gbs": bw,
         "peak_gflops": peak,
+        "matmul_gflops": mm,
     }
     for b in batches:
         ours = bench_fst(config, params, tok, b, args.new_tokens, args.repeats)

@@ -12,9 +12,10 @@ the two are timed alternately, so load from other jobs on a shared machine hits 
 The last line is one JSON object.
 
 MFU = model FLOPs / time / peak, with model FLOPs = 6·N·B·S + 12·L·H·hd·S²·B (dense attention
-as computed; remat recomputation not counted) and peak the nominal fp32 of this CPU (2 cores ×
-32 FLOP/cycle × 2.6 GHz = 166.4 GFLOP/s, research/env.md §3); a matmul peer measured in the same
-run is printed too.
+as computed; remat recomputation not counted) and peak this CPU's fp32 matmul rate measured in
+the same run (`peaks.py`: the best 2048² matmul of JAX and torch), so the figure means the same on
+every machine this runs on (nominal peaks differ: 166 GFLOP/s on the Zen 4 of research/env.md,
+333 on an AVX-512 Xeon).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ flags.DEFINE_integer("steps", 3, "timed steps per side, interleaved (after a war
 flags.DEFINE_enum("remat", "layer", ["none", "layer", "dots"], "fst_jax per-layer remat")
 flags.DEFINE_integer("logit_chunk", 128, "sequence chunk of the vocab projection")
 flags.DEFINE_integer("microbatches", 1, "micro-batches per step")
-flags.DEFINE_float("peak_gflops", 166.4, "nominal fp32 peak of the machine, GFLOP/s")
 flags.DEFINE_bool("torch", True, "also time the HF transformers torch peer")
 FLAGS = flags.FLAGS
 
@@ -41,19 +41,6 @@ def model_flops(config, batch: int, seq: int) -> float:
     n = config.num_params  # tied embedding counted once = the LM-head matmul
     attn = 12 * config.num_layers * config.num_heads * config.head_dim * seq * seq * batch
     return 6.0 * n * batch * seq + attn
-
-
-def matmul_gflops() -> float:
-    import jax
-    import jax.numpy as jnp
-
-    x = jnp.ones((2048, 2048), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    f(x).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(5):
-        f(x).block_until_ready()
-    return 5 * 2 * 2048**3 / (time.perf_counter() - t) / 1e9
 
 
 def rollouts(vocab: int, batch: int, seq: int, prompt: int):
@@ -173,8 +160,11 @@ def _timed(fn) -> float:
 
 def main(_):
     import jax
+    import peaks  # experiments/benchmarks/peaks.py, next to this script
 
-    peak_measured = matmul_gflops()
+    mm = peaks.matmul_peaks("float32")
+    peak = mm["peak"]
+    print(f"fp32 2048^2 matmul: jax {mm['jax']:.0f}, torch {mm['torch'] or 0:.0f} GFLOP/s")
     config, loaded, jax_run, first = build_jax()
     torch_step, torch_stop = start_torch(config) if FLAGS.torch else (None, None)
     # Interleave the two so that load from other jobs on a shared machine hits both alike;
@@ -202,14 +192,15 @@ def main(_):
         "fst_jax_tokens_per_s": round(tokens / step_s, 1),
         "model_gflop_per_step": round(flops / 1e9, 1),
         "fst_jax_gflops": round(flops / step_s / 1e9, 1),
-        "fst_jax_mfu": round(flops / step_s / 1e9 / FLAGS.peak_gflops, 3),
-        "peak_gflops_nominal": FLAGS.peak_gflops,
-        "jax_matmul_gflops_measured": round(peak_measured, 1),
+        "fst_jax_mfu": round(flops / step_s / 1e9 / peak, 3),
+        "peak_gflops_measured": round(peak, 1),
+        "jax_matmul_gflops": round(mm["jax"], 1),
+        "torch_matmul_gflops": None if mm["torch"] is None else round(mm["torch"], 1),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     if tt:
         out["hf_torch_fwd_bwd_s"] = round(min(tt), 3)
-        out["hf_torch_mfu"] = round(flops / min(tt) / 1e9 / FLAGS.peak_gflops, 3)
+        out["hf_torch_mfu"] = round(flops / min(tt) / 1e9 / peak, 3)
         out["speedup_vs_hf_best"] = round(min(tt) / step_s, 3)
         pairs = sorted(t / j for j, t in zip(jt, tt))
         out["speedup_vs_hf_median_pair"] = round(pairs[len(pairs) // 2], 3)
