@@ -63,6 +63,17 @@ class RMSNorm(nn.Module):
         return x32 * jax.lax.rsqrt(var + self.config.rms_norm_eps) * scale.astype(jnp.float32)
 
 
+def _contracted_dims(spec: str) -> int:
+    """Number of leading kernel dims contracted in an einsum spec like "btd,dhk->bthk" (here 1)."""
+    lhs, w = spec.split("->")[0].split(",")
+    n = 0
+    while n < len(w) and w[n] in lhs:
+        n += 1
+    if lhs[len(lhs) - n :] != w[:n]:
+        raise ValueError(f"{spec!r}: the contracted dims must end the input and start the kernel")
+    return n
+
+
 class Linear(nn.Module):
     """A projection with an explicit einsum; kernel shape/axes given, optional bias on out dims."""
 
@@ -74,8 +85,24 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, spec: str) -> jax.Array:
+        """`spec` documents the contraction; it runs as ONE 2-D matmul [rows, K] @ [K, N].
+
+        XLA:CPU lowers a 3-D einsum's weight gradient (contracting batch and time) to a fused
+        elementwise + transpose that is slow; the 2-D form makes the MLP backward ~1.8x faster on
+        CPU and is free on TPU (the reshapes only merge/split contiguous dims).
+        """
         w = _param(self, "kernel", self.shape, self.axes, _dense_init(self.fan_in))
-        y = _einsum(spec, x, w, _dtype(self.config.dtype))
+        n_in = _contracted_dims(spec)
+        k = math.prod(self.shape[:n_in])
+        if x.shape[x.ndim - n_in :] != self.shape[:n_in]:
+            raise ValueError(f"input {x.shape} does not end with the contracted dims of {spec!r}")
+        out_shape = (*x.shape[: x.ndim - n_in], *self.shape[n_in:])
+        dt = _dtype(self.config.dtype)
+        y = jnp.dot(
+            x.reshape(-1, k).astype(dt),
+            w.reshape(k, -1).astype(dt),
+            preferred_element_type=jnp.float32,
+        ).reshape(out_shape)
         if self.bias:
             b = _param(self, "bias", self.shape[1:], self.axes[1:], nn.initializers.zeros)
             y = y + b.astype(jnp.float32)
