@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from fst_jax.models.config import ModelConfig
-from fst_jax.models.decoder import param_shapes, unstack_layers
+from fst_jax.models.decoder import param_shapes, to_kernel_layout, unstack_layers
 from fst_jax.models.hf import CheckpointError, _leaf, config_to_hf, tensor_specs, to_hf
 
 _UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
@@ -71,6 +71,8 @@ def save_hf(
     """
     from safetensors.numpy import save_file
 
+    # Checkpoints store kernels [in, out]; params laid out for the CPU sampler are turned back.
+    config, params = to_kernel_layout(config, params, "in_out")
     params = _check_params(config, params)
     writer = jax.process_index() == 0  # every process gathers; only process 0 writes
     limit = parse_size(max_shard_size)
