@@ -278,20 +278,21 @@ class Sampler:
         if pad:
             out = {k: v[:n] for k, v in out.items()}
         gen, gen_len = jax.device_get((out["completion_tokens"], out["completion_lengths"]))
+        return self._rollouts(out, np.asarray(gen), gen_len)
+
+    def _rollouts(
+        self, out: dict[str, Any], gen: np.ndarray, gen_len: np.ndarray, **extra: Any
+    ) -> Rollouts:
+        """`Rollouts` from a layout dict, the host completion tokens decoded to text once."""
         texts = self.tokenizer.batch_decode(
             [row[:m].tolist() for row, m in zip(gen, gen_len)], skip_special_tokens=True
         )
+        fields = (
+            "tokens", "positions", "completion_mask", "logps", "raw_logps", "prompt_lengths",
+            "completion_lengths", "finished",
+        )  # fmt: skip
         return Rollouts(
-            tokens=out["tokens"],
-            positions=out["positions"],
-            completion_mask=out["completion_mask"],
-            logps=out["logps"],
-            raw_logps=out["raw_logps"],
-            prompt_lengths=out["prompt_lengths"],
-            completion_lengths=out["completion_lengths"],
-            finished=out["finished"],
-            completion_tokens=np.asarray(gen),
-            texts=list(texts),
+            **{k: out[k] for k in fields}, completion_tokens=gen, texts=list(texts), **extra
         )
 
     def _run(
@@ -350,22 +351,7 @@ class Sampler:
         start, stop = plan.local_padded_range
         host = {k: plan.unpad_local(rows_of(v, start, stop)) for k, v in out.items()}
         gen, gen_len = host["completion_tokens"], host["completion_lengths"]
-        texts = self.tokenizer.batch_decode(
-            [row[:m].tolist() for row, m in zip(gen, gen_len)], skip_special_tokens=True
-        )
-        return Rollouts(
-            tokens=host["tokens"],
-            positions=host["positions"],
-            completion_mask=host["completion_mask"],
-            logps=host["logps"],
-            raw_logps=host["raw_logps"],
-            prompt_lengths=host["prompt_lengths"],
-            completion_lengths=gen_len,
-            finished=host["finished"],
-            completion_tokens=gen,
-            texts=list(texts),
-            row_range=(lo, hi),
-        )
+        return self._rollouts(host, gen, gen_len, row_range=(lo, hi))
 
     def generate_chat(
         self,
