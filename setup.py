@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.10",
     "importlib_resources>=6.0",  # tfds' array_record path needs it without TensorFlow
     "openai>=3.57.0",
+    "tenacity>=9.2.1",  # reflection-LM retries (Retry-After aware)
     "absl-py>=2.5.1",
     "ml-collections>=1.1.0",
     "numpy>=2.4.6",

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+import fault_server
 import pytest
-from test_gepa_fixtures import ScriptedPolicy, fenced
+from fault_server import FaultServer
+from test_gepa_fixtures import ScriptedPolicy
 
 from fst_jax.gepa import (
     GepaConfig,
@@ -22,85 +19,6 @@ from fst_jax.gepa.openai_lm import OpenAIReflectionLM
 
 PARENT = "Solve the task."
 RECORDS = [{"Inputs": "2+2?", "Generated Outputs": "5", "Feedback": "expected 4"}]
-
-
-class FaultServer:
-    """OpenAI `/v1/chat/completions` on 127.0.0.1 that plays a script of behaviours, one per request."""
-
-    def __init__(self):
-        self.script: list[str] = []
-        self.requests: list[dict] = []
-        self.default = "ok"
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, payload):
-                body = json.dumps(payload).encode()
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def do_POST(self):
-                n = int(self.headers.get("Content-Length", 0))
-                req = json.loads(self.rfile.read(n))
-                assert self.path == "/v1/chat/completions", self.path
-                server.requests.append(req)
-                behaviour = server.script.pop(0) if server.script else server.default
-                if behaviour == "timeout":
-                    time.sleep(1.0)
-                    return self._send(200, _completion(fenced("late")))
-                if behaviour in ("429", "500", "503", "401"):
-                    return self._send(
-                        int(behaviour), {"error": {"message": f"injected {behaviour}", "type": "x"}}
-                    )
-                content = {
-                    "ok": fenced("Solve the task. Check arithmetic twice."),
-                    "empty": "",
-                    "unfenced": "You should check arithmetic twice.",
-                    "overlong": fenced("x" * 20000),
-                    "identical": fenced(PARENT),
-                }.get(behaviour)
-                if behaviour == "length":
-                    return self._send(
-                        200, _completion(fenced("Solve the task. Chec"), finish="length")
-                    )
-                if behaviour.startswith("text:"):
-                    content = behaviour[5:]
-                return self._send(200, _completion(content))
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _completion(content, finish="stop"):
-    return {
-        "id": "c1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "fake",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": finish,
-            }
-        ],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +40,7 @@ def _lm(server, **kw):
 
 
 def _propose(server, script, *, content_retries=1, max_chars=8000, salt="s", state=None, **kw):
-    server.script = list(script)
-    server.requests.clear()
+    server.reset(script)
     lm = _lm(server, **kw)
     state = state or PopulationState.new([PARENT])
     refl = Reflector(lm, content_retries=content_retries, max_context_chars=max_chars)
@@ -192,9 +109,12 @@ def test_content_faults_retry_then_skip(server, behaviour, reason):
     assert out.text is None and out.skip_reason == reason and out.attempts == 2
 
 
-def test_non_retryable_error_is_loud(server):
-    with pytest.raises(RuntimeError, match="HTTP 401"):
-        _propose(server, ["401"])
+def test_non_retryable_status_is_a_logged_skip_without_retry(server, caplog):
+    out, lm, state = _propose(server, ["401", "ok"])
+    assert out.text is None and out.skip_reason == "lm_http_401"
+    assert lm.usage["requests"] == 1 and lm.usage["retries"] == 0 and len(server.requests) == 1
+    assert lm.faults == {"http_401": 1} and state.counters["lm_fault_http_401"] == 1
+    assert "API key" in caplog.text and "retrying cannot fix this" in caplog.text
     with pytest.raises(ValueError, match="is not set"):
         OpenAIReflectionLM("gpt-x", api_key_env="FST_TEST_NO_KEY")
 
@@ -216,11 +136,11 @@ def test_cache_means_a_replay_does_not_pay_twice(server, tmp_path):
     assert len(server.requests) == 1
     # Write-through file cache: survives losing the in-memory state entirely.
     path = str(tmp_path / "replies.jsonl")
-    server.script, server.requests[:] = ["ok"], []
+    server.reset(["ok"])
     Reflector(_lm(server), cache_path=path).propose(
         PopulationState.new([PARENT]), PARENT, RECORDS, salt="k"
     )
-    server.script, server.requests[:] = ["500"] * 5, []
+    server.reset(["500"] * 5)
     out = Reflector(_lm(server), cache_path=path).propose(
         PopulationState.new([PARENT]), PARENT, RECORDS, salt="k"
     )
@@ -230,8 +150,7 @@ def test_cache_means_a_replay_does_not_pay_twice(server, tmp_path):
 def test_round_over_http_with_faults_counts_skips_and_keeps_pool(server):
     state = PopulationState.new([PARENT], seed=1)
     policy = ScriptedPolicy(state, "http", bias={"Solve the task. Check arithmetic twice.": 0.5})
-    server.requests.clear()
-    server.script = [
+    server.reset([
         "429",
         "ok",
         "unfenced",
@@ -241,8 +160,7 @@ def test_round_over_http_with_faults_counts_skips_and_keeps_pool(server):
         "timeout",
         "empty",
         "ok",
-    ]
-    server.default = "identical"
+    ], default="identical")  # fmt: skip
     try:
         refl = Reflector(_lm(server), content_retries=1)
         report = run_round(
@@ -261,3 +179,81 @@ def test_round_over_http_with_faults_counts_skips_and_keeps_pool(server):
         c.text != PARENT for c in state.candidates[1:]
     )
     assert report.calls_used <= 60 and state.counters["lm_retries"] >= 1
+
+
+@pytest.mark.parametrize("behaviour", sorted(fault_server.TRANSPORT))
+def test_every_failure_mode_is_a_typed_counted_outcome(server, behaviour):
+    """A 200 that is not a chat completion, a dropped socket, a non-2xx, a huge reply: each is
+    retried (when retrying can help) and then skipped under its own reason — never raised."""
+    reason = fault_server.TRANSPORT[behaviour]
+    retried = behaviour in fault_server.RETRIED
+    out, lm, state = _propose(server, [behaviour] * 3, max_retries=2)
+    assert out.text is None and out.skip_reason == f"lm_{reason}"
+    tries = 3 if retried else 1
+    assert [b for b, _ in server.log] == [behaviour] * tries
+    assert lm.usage["requests"] == tries and lm.usage["retries"] == tries - 1
+    assert lm.faults == {reason: tries} and state.counters[f"lm_fault_{reason}"] == tries
+    assert state.lm_cache == {}  # a failed request is not cached: a rerun asks again
+    # Once, then a good reply: retried faults recover within the same proposal.
+    out, lm, _ = _propose(server, [behaviour, "ok"], max_retries=2)
+    assert (out.text is not None) == retried
+
+
+def test_retry_after_is_honoured(server):
+    waits = []
+    lm = _lm(server, backoff_base=7.0, backoff_max=30.0, sleep=waits.append)
+    server.reset(["429_retry_after", "500", "ok"])
+    out = Reflector(lm).propose(PopulationState.new([PARENT]), PARENT, RECORDS, salt="r")
+    assert out.text is not None
+    assert waits == [0.0, 14.0]  # Retry-After: 0, then the exponential 7·2^1 (attempt 1)
+    assert lm.usage["retries"] == 2
+
+
+def test_reply_cache_is_bounded_and_holds_no_rambling(server):
+    """Rejected replies are stored clipped (with their verdict) and the cache keeps at most
+    max_cache_entries entries, so the population JSON stays small however the endpoint rambles."""
+    state = PopulationState.new([PARENT])
+    lm = _lm(server)
+    refl = Reflector(lm, content_retries=1, max_context_chars=500, max_cache_entries=3)
+    for i in range(4):
+        server.reset(["overlong", "overlong"])
+        out = refl.propose(state, PARENT, RECORDS, salt=f"it{i}")
+        assert out.skip_reason == "too_long"
+    assert len(state.lm_cache) == 3
+    assert all(len(e["text"]) <= 500 + 2000 + 40 for e in state.lm_cache.values())
+    assert all(e["fault"] == "too_long" for e in state.lm_cache.values())
+    assert len(state.dumps()) < 20_000  # 8 replies of 20 kB each would be > 160 kB
+    # The clipped text is what the follow-up quoted, so a replay rebuilds the same requests and
+    # is served entirely from the cache.
+    restored = PopulationState.loads(state.dumps())
+    server.reset(default="500")
+    out = Reflector(_lm(server), content_retries=1, max_context_chars=500).propose(
+        restored, PARENT, RECORDS, salt="it3"
+    )
+    assert out.skip_reason == "too_long" and out.cache_hits == 2 and server.log == []
+    # A usable reply wrapped in a long ramble is stored as just its fenced context.
+    server.reset(["text:" + "chatter " * 2000 + "```\nBe careful.\n```"])
+    state2 = PopulationState.new([PARENT])
+    out = Reflector(_lm(server), max_context_chars=500).propose(state2, PARENT, RECORDS, salt="x")
+    (entry,) = state2.lm_cache.values()
+    assert out.text == "Be careful." and len(entry["text"]) < 100
+    server.reset(default="500")
+    again = Reflector(_lm(server), max_context_chars=500).propose(
+        PopulationState.loads(state2.dumps()), PARENT, RECORDS, salt="x"
+    )
+    assert again.text == "Be careful." and again.cache_hits == 1
+
+
+def test_truncated_cache_file_line_is_ignored(server, tmp_path):
+    path = tmp_path / "replies.jsonl"
+    server.reset(["ok"])
+    Reflector(_lm(server), cache_path=str(path)).propose(
+        PopulationState.new([PARENT]), PARENT, RECORDS, salt="k"
+    )
+    with open(path, "a") as f:
+        f.write('{"key": "abc", "entry": {"te')  # a crash mid-write
+    server.reset(["ok"])
+    out = Reflector(_lm(server), cache_path=str(path)).propose(
+        PopulationState.new([PARENT]), PARENT, RECORDS, salt="k"
+    )
+    assert out.text is not None and server.log == []

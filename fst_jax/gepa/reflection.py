@@ -3,10 +3,13 @@
 A reflection LM turns (current context, examples with rollouts and verifier feedback) into an
 edited context. Backends are chosen by name (`openai`, `local`). The `Reflector` owns the policy
 around a backend: a request-keyed reply cache kept in the population state (a resumed run never
-pays twice), content checks (empty / unfenced / truncated / over-long / identical replies are
-retried with a corrective follow-up, then the proposal is skipped and counted), and multi-host
-lockstep (only the leader calls the LM; the outcome is broadcast). A reply is data: it is only
-ever parsed as text, never executed.
+pays twice; bounded in entries and characters per entry), content checks (empty / unfenced /
+truncated / over-long / identical replies are retried with a corrective follow-up, then the
+proposal is skipped and counted), and multi-host lockstep (only the leader calls the LM; the
+outcome is broadcast). A backend reports every failure of a call as `ReflectionLMError(reason)`
+(the `openai` backend maps all of its own, see `openai_lm`); that is a counted skip
+(`lm_<reason>`), never an exception out of the round.
+A reply is data: it is only ever parsed as text, never executed.
 """
 
 from __future__ import annotations
@@ -302,12 +305,20 @@ class Reflector:
         lockstep: Lockstep | None = None,
         cache_path: str | None = None,
         require_fence: bool = True,
+        max_cache_entries: int = 1024,
+        max_cached_reply_chars: int | None = None,
     ) -> None:
         self.lockstep = lockstep or Lockstep()
         if lm is None and self.lockstep.is_leader:
             raise ValueError("process 0 needs a reflection LM; pass one (see get_reflection_lm).")
-        if content_retries < 0 or max_context_chars < 1:
-            raise ValueError("content_retries must be >= 0 and max_context_chars >= 1.")
+        if content_retries < 0 or max_context_chars < 1 or max_cache_entries < 1:
+            raise ValueError(
+                "content_retries must be >= 0, max_context_chars >= 1 and max_cache_entries >= 1."
+            )
+        # Bounds on the reply cache that lives in the population state (and so in every
+        # checkpoint): at most `max_cache_entries` entries, none longer than this many characters.
+        self.max_cache_entries = max_cache_entries
+        self.max_cached_reply_chars = max_cached_reply_chars or max_context_chars + 2000
         if edit_mode not in EDIT_MODES:
             raise ValueError(f"edit_mode must be one of {EDIT_MODES}, got {edit_mode!r}.")
         self.lm = lm
@@ -330,16 +341,23 @@ class Reflector:
             with open(cache_path, encoding="utf-8") as f:
                 for line in f:
                     if line.strip():
-                        rec = json.loads(line)
-                        self._file_cache[rec["key"]] = rec["entry"]
+                        try:
+                            rec = json.loads(line)
+                            self._file_cache[rec["key"]] = rec["entry"]
+                        except (ValueError, KeyError, TypeError):
+                            continue  # a line cut by a crash mid-write: that reply is re-asked
+                self._file_cache = _bounded(self._file_cache, self.max_cache_entries)
 
     def _remember(self, key: str, entry: dict[str, Any]) -> None:
         self._file_cache[key] = entry
+        self._file_cache = _bounded(self._file_cache, self.max_cache_entries)
         if self.cache_path is not None:
             with open(self.cache_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"key": key, "entry": entry}, ensure_ascii=False) + "\n")
 
     def _check(self, entry: Mapping[str, Any], parent: str) -> tuple[str | None, str | None]:
+        if entry.get("fault"):  # stored verdict of a clipped, rejected reply (see _entry)
+            return None, str(entry["fault"])
         if entry.get("finish_reason") == "length":  # cut at the reply cap: never a whole context
             return None, "truncated"
         text, fault = extract_context(entry.get("text"), require_fence=self.require_fence)
@@ -348,6 +366,26 @@ class Reflector:
         if fault is None and text.strip() == parent.strip():
             fault = "identical"
         return (text, None) if fault is None else (None, fault)
+
+    def _entry(self, reply: LMReply, parent: str, state_round: int) -> dict[str, Any]:
+        """The cache entry of a reply, at most `max_cached_reply_chars` long and replayable: a
+        usable reply keeps its text, or just its fenced context when the reply is longer; a
+        rejected one keeps its verdict and a clipped text (the corrective follow-up quotes that
+        same clipped text, so a replay builds the same next request)."""
+        entry: dict[str, Any] = {
+            "text": reply.text,
+            "finish_reason": reply.finish_reason,
+            "round": int(state_round),
+        }
+        text, fault = self._check(entry, parent)
+        cap = self.max_cached_reply_chars
+        if fault is None and len(reply.text or "") > cap:
+            entry["text"] = f"{FENCE}\n{text}\n{FENCE}"
+        elif fault is not None:
+            entry["fault"] = fault
+            if reply.text is not None and len(reply.text) > cap:
+                entry["text"] = reply.text[:cap] + "\n[... reply clipped ...]"
+        return entry
 
     def _leader_propose(
         self, cache: Mapping[str, Any], state_round: int, salt: str, parent: str, records
@@ -361,7 +399,7 @@ class Reflector:
             }
         ]
         new_cache: dict[str, dict[str, Any]] = {}
-        before = {k: self.lm.usage.get(k, 0) for k in _USAGE_KEYS}
+        before = dict(self.lm.usage)
         hits, raws, fault, text = 0, [], None, None
         attempts = 0
         for _ in range(self.content_retries + 1):
@@ -376,25 +414,31 @@ class Reflector:
                 except ReflectionLMError as e:
                     fault = f"lm_{e.reason}"
                     break
-                entry = {
-                    "text": reply.text,
-                    "finish_reason": reply.finish_reason,
-                    "round": int(state_round),
-                }
+                if not isinstance(reply, LMReply) or not (
+                    reply.text is None or isinstance(reply.text, str)
+                ):  # a backend that breaks its contract is a bug, not a fault of one proposal
+                    raise TypeError(f"complete() returned {reply!r:.200}, not an LMReply")
+                entry = self._entry(reply, parent, state_round)
                 self._remember(key, entry)
             new_cache[key] = entry
             raws.append(entry.get("text") or "")
             text, fault = self._check(entry, parent)
             if fault is None:
                 break
-            why = _FAULT_WORDS[fault].format(limit=self.max_context_chars)
+            why = _FAULT_WORDS.get(fault, "the reply could not be used").format(
+                limit=self.max_context_chars
+            )
             note = self._retry_note.replace("<reason>", why)
             messages = [
                 *messages,
                 {"role": "assistant", "content": entry.get("text") or ""},
                 {"role": "user", "content": note},
             ]
-        usage = {k: self.lm.usage.get(k, 0) - before[k] for k in _USAGE_KEYS}
+        # Every counter the backend keeps (requests, retries, tokens, fault_<reason>) as a delta.
+        usage = {
+            k: self.lm.usage.get(k, 0) - before.get(k, 0) for k in {*_USAGE_KEYS, *self.lm.usage}
+        }
+        usage = {k: v for k, v in sorted(usage.items()) if v or k in _USAGE_KEYS}
         usage["cache_hits"] = hits
         outcome = {
             "text": text,
@@ -418,12 +462,18 @@ class Reflector:
         )
         payload = self.lockstep.broadcast(payload if self.lockstep.is_leader else None)
         state.lm_cache.update(payload["new_cache"])
+        state.lm_cache = _bounded(state.lm_cache, self.max_cache_entries)
         for k, v in payload["usage"].items():
             state.bump(f"lm_{k}", int(v))
         o = payload["outcome"]
         return ProposalOutcome(
             o["text"], o["skip_reason"], o["attempts"], o["cache_hits"], tuple(o["raw"])
         )
+
+
+def _bounded(cache: dict[str, Any], n: int) -> dict[str, Any]:
+    """The newest `n` entries (insertion order, the same on every process)."""
+    return cache if len(cache) <= n else dict(list(cache.items())[-n:])
 
 
 _FAULT_WORDS = {
