@@ -32,6 +32,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fst_jax import errors as _errors
+
 CHECKPOINT_DIR = "checkpoints"
 # Config keys that may change between a run and its resumption (length, logging, paths).
 RESUMABLE_KEYS = (
@@ -47,8 +49,9 @@ RESUMABLE_KEYS = (
 )
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written, read, or belongs to another run."""
+# A checkpoint could not be written, read, or belongs to another run (shared with the model
+# loaders, so fst-train reports both as one line).
+CheckpointError = _errors.CheckpointError
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

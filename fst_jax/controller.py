@@ -56,6 +56,7 @@ from fst_jax.run_setup import (
     load_model,
     make_reflection_lm,
     progress,
+    reflector_kwargs,
     task_names,
     validate_config,
 )
@@ -177,7 +178,7 @@ class Controller:
                 model_config=self.model_config, params=self.base_params,
                 key_for=lambda conv: _fold(self.key, _TAG_REFLECT, _text_hash(conv)),
             ),
-            edit_mode=c.gepa.edit,
+            edit_mode=c.gepa.edit, **reflector_kwargs(c.gepa),
             lockstep=gepa_lib.jax_lockstep() if jax.process_count() > 1 else None,
         )  # fmt: skip
         self.gepa_config = gepa_lib.GepaConfig(

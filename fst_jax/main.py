@@ -9,13 +9,19 @@
 ``--workdir`` holds metrics.jsonl, TensorBoard events, checkpoints and the KL-vs-reward PNG.
 Re-running with the same workdir resumes from its latest checkpoint. On pods (or with
 ``--coordinator_address/--num_processes/--process_id``) ``jax.distributed`` is initialised first.
+
+Bad input (a config value, a missing model or data file, an unwritable workdir, a missing API key)
+is reported before any model loads as ONE line, ``fst-train: error: <what> (<key>=<value>):
+<fix>``, with exit code 2; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 
 from absl import app, flags
@@ -24,18 +30,62 @@ from ml_collections import config_flags
 _REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = _REPO / "experiments" / "configs" / "default.py"
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    default=str(DEFAULT_CONFIG),
-    help_string="ml_collections config file (experiments/configs/<name>.py[:arg]).",
-    lock_config=True,
-)
 _WORKDIR = flags.DEFINE_string(
     "workdir", "runs/fst-default", "Run directory: metrics, checkpoints, TensorBoard, plots."
 )
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 _PID = flags.DEFINE_integer("process_id", None, "This process's rank (multi-process).")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback behind an `fst-train: error:` line.")
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str, exc: BaseException | None = None) -> None:
+    """Prints the one-line error (plus the traceback under --debug) and exits 2."""
+    if exc is not None and ("--debug" in sys.argv or "--debug=true" in sys.argv):
+        traceback.print_exception(exc)
+    print(f"fst-train: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def _flag_message(e: BaseException) -> str:
+    """A readable line from what absl / ml_collections raise for a bad flag."""
+    while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(...))
+        e = e.args[0]
+    text = str(e.args[0]) if e.args else str(e)
+    unknown = re.search(r"'?([\w]+)'?\s*Did you mean \"(\w+)\" instead", text)
+    if unknown:
+        bad, good = unknown.groups()
+        given = [a for a in sys.argv[1:] if re.match(rf"--config(\.\w+)*\.{bad}(=|$)", a)]
+        flag = given[0] if given else bad
+        path = flag.split("=", 1)[0].removeprefix("--config.").rsplit(".", 1)[0]
+        near = f"{path}.{good}" if "." in flag.split("=", 1)[0].removeprefix("--config.") else good
+        return f"unknown config key ({flag}): did you mean --config.{near}?"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(lines)[:500] or type(e).__name__
+
+
+try:  # parses --config.x=y overrides now, at import: a bad key fails here
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        default=str(DEFAULT_CONFIG),
+        help_string="ml_collections config file (experiments/configs/<name>.py[:arg]).",
+        lock_config=True,
+    )
+except (AttributeError, KeyError, TypeError, ValueError) as _e:
+    _fail(_flag_message(_e), _e)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a one-line error instead of a traceback for a bad flag."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"bad flag: {_flag_message(e)} (see fst-train --helpshort)", e)
+    except (AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError) as e:
+        _fail(f"bad --config: {_flag_message(e)}", e)
+    raise AssertionError("unreachable")
 
 
 def _init_distributed() -> None:
@@ -66,13 +116,25 @@ def main(argv: list[str]) -> None:
     fst_log.setLevel(logging.INFO)
     fst_log.addHandler(handler)
     fst_log.propagate = False
-    config = _CONFIG.value
+    from fst_jax.errors import UserError
+
     try:
+        config = _CONFIG.value
+        config.mode  # noqa: B018  (a config file that failed to load raises on first access)
+    except Exception as e:  # noqa: BLE001  (whatever the user's config file raised)
+        given = next((a for a in sys.argv[1:] if a.startswith("--config=")), "--config=<default>")
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        _fail(f"cannot load the config file ({given}): {lines[-1] if lines else type(e).__name__}: "
+              "check the path and run the file with python to see its error", e)  # fmt: skip
+    try:
+        # Every name, range, file and path first: seconds, before any weights load.
+        controller.validate_config(config, workdir=_WORKDIR.value)
         ctl = controller.Controller(config, _WORKDIR.value)
         summary = ctl.run()
-    except (controller.ConfigError, controller.ckpt_lib.CheckpointError) as e:
-        print(f"fst-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except UserError as e:
+        if _DEBUG.value:
+            traceback.print_exc()
+        _fail(str(e))
     import jax
 
     if jax.process_index() == 0:
@@ -82,7 +144,7 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Console-script entry point (setup.py: fst-train = fst_jax.main:run)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

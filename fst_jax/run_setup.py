@@ -4,7 +4,8 @@
 config into objects, so the loop reads top to bottom: the config checks that fail before any
 device work (`validate_config`, `ConfigError`, `MODES`), the policy model (`load_model`, including
 the tests' ``random:<named config>[,field=value...]`` specs), the `local` reflection LM on the
-run's own sampler (`make_reflection_lm`), and the progress bars (`progress`, `ProgressSampler`).
+run's own sampler (`make_reflection_lm`), and the progress bars (`progress`, `ProgressSampler`). The checks themselves live in
+`fst_jax.config_checks` (re-exported here).
 Nothing here holds run state; the controller owns the RNG keys and passes them in.
 """
 
@@ -21,76 +22,17 @@ import numpy as np
 from fst_jax import gepa as gepa_lib
 from fst_jax import sampling
 
-MODES = ("rl", "gepa", "fst", "fst_distill")
+from fst_jax.config_checks import MODES, config_check, task_names, validate_config
+from fst_jax.errors import ConfigError
+
+__all__ = ["MODES", "ConfigError", "config_check", "task_names", "validate_config"]
+
 FENCE = "```\n"  # opening fence prefilled into the local reflection LM's reply
-
-
-class ConfigError(ValueError):
-    """An fst-train config that cannot run; the message says what to change."""
 
 
 def _nearest(name: str, choices: Sequence[str]) -> str:
     near = difflib.get_close_matches(name, list(choices), n=1)
     return f" Did you mean {near[0]!r}?" if near else ""
-
-
-def task_names(config: Any) -> list[str]:
-    stream = [s.strip() for s in str(config.task.stream).split(",") if s.strip()]
-    return stream or [config.task.name]
-
-
-def validate_config(config: Any, num_batch_shards: int | None = None) -> None:
-    """Checks a config before any device work; raises ConfigError naming the fix."""
-    from fst_jax.tasks import list_tasks
-
-    if config.mode not in MODES:
-        raise ConfigError(
-            f"config.mode={config.mode!r} is not one of {MODES}.{_nearest(config.mode, MODES)}"
-        )
-    known = list_tasks()
-    for name in task_names(config):
-        if name not in known:
-            raise ConfigError(
-                f"unknown task {name!r}; available: {', '.join(known)}.{_nearest(name, known)}"
-            )
-    if config.task.stream and config.task.switch_every < 1:
-        raise ConfigError(
-            "config.task.stream is set but task.switch_every < 1; set the RL steps per task"
-        )
-    g, k, b, t = (
-        config.rl.group_size,
-        config.gepa.k,
-        config.rl.batch_size,
-        config.rl.steps_per_cycle,
-    )
-    if min(g, b, t, config.num_cycles) < 1 or k < 1:
-        raise ConfigError(
-            f"rl.group_size={g}, gepa.k={k}, rl.batch_size={b}, rl.steps_per_cycle={t} and "
-            f"num_cycles={config.num_cycles} must all be >= 1"
-        )
-    uses_pop = config.mode in ("fst", "fst_distill")
-    if uses_pop and g % k:
-        raise ConfigError(
-            f"gepa.k={k} contexts must divide rl.group_size={g} (G/K rollouts per context); "
-            f"e.g. --config.gepa.k={max(d for d in range(1, g + 1) if g % d == 0 and d <= k)}"
-        )
-    if k + 2 > config.gepa.max_pool:
-        raise ConfigError(f"gepa.max_pool={config.gepa.max_pool} must be >= gepa.k + 2 = {k + 2}")
-    rows = b * g
-    if num_batch_shards and rows % (num_batch_shards * config.rl.micro_batches):
-        raise ConfigError(
-            f"rl.batch_size × rl.group_size = {rows} rows cannot be split into "
-            f"{config.rl.micro_batches} micro-batches over {num_batch_shards} data×fsdp shards; "
-            f"use a row count that is a multiple of {num_batch_shards * config.rl.micro_batches}"
-        )
-    if config.gepa.minibatch > config.gepa.anchor_size:
-        raise ConfigError(
-            f"gepa.minibatch={config.gepa.minibatch} exceeds gepa.anchor_size={config.gepa.anchor_size}"
-        )
-    if config.resume not in ("auto", "force", "never"):
-        raise ConfigError(f"config.resume={config.resume!r}; use auto, force or never")
-    if config.eval.k < 1 or config.eval.num_examples < 1:
-        raise ConfigError("eval.k and eval.num_examples must be >= 1")
 
 
 def _random_spec_fields(name: str, fields: list[str]) -> dict[str, Any]:
@@ -140,11 +82,38 @@ def load_model(config: Any) -> tuple[Any, Any, Any]:
         mcfg = get_config(name, **{**overrides, **_random_spec_fields(name, fields)})
         params = init_params(mcfg, jax.random.key(config.seed))
         return mcfg, params, tiny_tokenizer()
-    from fst_jax.models import load
+    from fst_jax.models import CheckpointError, load
 
     dtype = overrides.pop("dtype")
-    mcfg, params, tok = load(spec, **{k: v for k, v in overrides.items() if k != "param_dtype"})
+    try:
+        mcfg, params, tok = load(spec, **{k: v for k, v in overrides.items() if k != "param_dtype"})
+    except (CheckpointError, OSError, EOFError) as e:  # missing, truncated or corrupt files
+        msg = " ".join(str(e).split())[:400]
+        raise ConfigError(
+            f"cannot load the model: {type(e).__name__}: {msg}", "model.spec", spec,
+            "re-download or re-export the checkpoint, or point model.spec at a complete one",
+        ) from e  # fmt: skip
     return dataclasses.replace(mcfg, dtype=dtype, param_dtype=config.model.param_dtype), params, tok
+
+
+_REMOTE_KEYS = {
+    "reflection_timeout_s": "timeout",
+    "reflection_max_retries": "max_retries",
+    "reflection_backoff_s": "backoff_base",
+    "reflection_backoff_max_s": "backoff_max",
+    "reflection_max_reply_chars": "max_reply_chars",
+}
+_REFLECTOR_KEYS = {
+    "reflection_content_retries": "content_retries",
+    "max_context_chars": "max_context_chars",
+    "reply_cache_entries": "max_cache_entries",
+}
+
+
+def reflector_kwargs(c: Any) -> dict[str, Any]:
+    """`gepa.Reflector` keyword arguments from ``config.gepa`` (`c`): content retries, the
+    context-length cap and the reply-cache bound."""
+    return {arg: c[key] for key, arg in _REFLECTOR_KEYS.items() if key in c}
 
 
 def make_reflection_lm(
@@ -166,6 +135,9 @@ def make_reflection_lm(
     if c.reflection_lm != "local":
         kw = dict(model=c.reflection_model, api_key_env=c.reflection_api_key_env,
                   max_tokens=c.reflection_max_tokens)  # fmt: skip
+        for key, arg in _REMOTE_KEYS.items():  # the retry policy (configs predating it: defaults)
+            if key in c:
+                kw[arg] = c[key]
         if c.reflection_base_url:
             kw["base_url"] = c.reflection_base_url
         return gepa_lib.get_reflection_lm(c.reflection_lm, **kw)

@@ -85,6 +85,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.gepa.reflection_api_key_env = "OPENAI_API_KEY"
     c.gepa.reflection_max_tokens = 4096
     c.gepa.reflection_temperature = 0.7
+    # Remote (openai) reflection LM: every failed call is retried or skipped and counted
+    # (metrics gepa/skip/lm_<reason>), never fatal.
+    c.gepa.reflection_timeout_s = 120.0  # per request
+    c.gepa.reflection_max_retries = 5  # transient faults (timeouts, 429, 5xx, bad 200 bodies)
+    c.gepa.reflection_backoff_s = 1.0  # retry i waits backoff_s · 2^i (or the Retry-After) ...
+    c.gepa.reflection_backoff_max_s = 60.0  # ... at most this long
+    c.gepa.reflection_max_reply_chars = 100_000  # a longer reply is a skip, its text not kept
+    c.gepa.reflection_content_retries = 1  # corrective follow-ups for empty/unfenced/... replies
+    c.gepa.max_context_chars = 8000  # a proposed context longer than this is rejected
+    c.gepa.reply_cache_entries = 1024  # reply cache kept in the population state (checkpoints)
     c.gepa.max_pool = 32  # prompt-bank rows for GEPA evaluation calls
 
     c.eval = ml_collections.ConfigDict()

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from fst_jax import errors as _errors
 from fst_jax.models.config import ModelConfig, RopeScaling
 from fst_jax.models.decoder import param_shapes
 
@@ -34,8 +35,8 @@ HF_ARCHITECTURES = {
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked; the message says what to fix."""
+# A checkpoint that cannot be loaded as asked: the one class shared with the run checkpointer.
+CheckpointError = _errors.CheckpointError
 
 
 # ----------------------------------------------------------------------------- config
