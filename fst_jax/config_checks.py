@@ -171,14 +171,15 @@ def _ranges(c: Any, ctx: CheckContext) -> None:
         ("sampling.max_new_tokens", 1), ("sampling.max_context_len", 1), ("sampling.top_k", 0),
         ("eval.every_cycles", 1), ("eval.num_examples", 1), ("eval.k", 1),
         ("eval.kl_examples", 0), ("checkpoint.every_cycles", 1), ("checkpoint.keep", 1),
-        ("mesh.fsdp", 1), ("mesh.tensor", 1), ("task.switch_every", 0),
+        ("task.switch_every", 0),
         ("gepa.reflection_max_retries", 0), ("gepa.reflection_content_retries", 0),
         ("gepa.reflection_max_reply_chars", 1), ("gepa.max_context_chars", 1),
         ("gepa.reply_cache_entries", 1), ("init_from_step", -1),
     ):  # fmt: skip
         if has(c, key):
             require_int(c, key, lo)
-    require_int(c, "mesh.data", 1, allow=(-1,))
+    for axis in ("mesh.data", "mesh.fsdp", "mesh.tensor"):  # -1: fill the remaining devices
+        require_int(c, axis, 1, allow=(-1,))
     require_int(c, "mesh.devices", 1, allow=(-1, 0))
     require_float(c, "rl.tau", 0.0, open_lo=True)  # CISPO's IS-weight cap: 0 zeroes every update
     require_float(c, "rl.lr", 0.0, open_lo=True)

@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
     try:
         config = _CONFIG.value
         config.mode  # noqa: B018  (a config file that failed to load raises on first access)
-    except Exception as e:  # noqa: BLE001  (whatever the user's config file raised)
+    except Exception as e:
         given = next((a for a in sys.argv[1:] if a.startswith("--config=")), "--config=<default>")
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         _fail(f"cannot load the config file ({given}): {lines[-1] if lines else type(e).__name__}: "

@@ -31,13 +31,16 @@ if "ctl_odd" not in task_base.list_tasks():
 @pytest.mark.parametrize(
     "edit, match",
     [
-        ({"mode": "fsst"}, "Did you mean 'fst'"),
-        ({"task.name": "ctl_parit"}, "unknown task 'ctl_parit'.*Did you mean 'ctl_parity'"),
+        ({"mode": "fsst"}, r"unknown mode \(mode='fsst'\): did you mean 'fst'"),
+        (
+            {"task.name": "ctl_parit"},
+            r"unknown task \(task.name='ctl_parit'\): did you mean 'ctl_parity'",
+        ),
         ({"gepa.k": 3}, r"gepa.k=3 contexts must divide rl.group_size=4.*--config.gepa.k=2"),
         ({"rl.batch_size": 3, "mesh.devices": -1}, "12 rows cannot be split.*8 data×fsdp shards"),
         ({"gepa.minibatch": 9}, "exceeds gepa.anchor_size"),
         ({"task.stream": "ctl_parity,ctl_odd"}, "switch_every"),
-        ({"resume": "maybe"}, "auto, force or never"),
+        ({"resume": "maybe"}, "auto, force, never"),
     ],
 )
 def test_bad_configs_name_the_fix(edit, match):
@@ -62,10 +65,13 @@ def _cli(*flags):
 
 def test_cli_unknown_key_and_task(tmp_path):
     r = _cli("--config.rl.group_sze=3", f"--workdir={tmp_path}")
-    assert r.returncode != 0 and 'Did you mean "group_size"' in r.stderr
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "fst-train: error: unknown config key (--config.rl.group_sze=3): did you mean "
+        "--config.rl.group_size?"
+    )
     r = _cli("--config.task.name=mathh", "--config.mesh.devices=1", f"--workdir={tmp_path}")
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "unknown task 'mathh'" in r.stderr and "Did you mean 'math'" in r.stderr
+    assert "unknown task (task.name='mathh'): did you mean 'math'" in r.stderr
 
 
 def test_refuses_foreign_workdir_unless_forced(tmp_path):
@@ -119,8 +125,16 @@ def _load(name, arg=None):
     "name",
     ["default"] + [p.stem for p in sorted((REPO / "experiments/configs").glob("paper_*.py"))],
 )
-def test_shipped_configs_validate(name):
+def test_shipped_configs_validate(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the paper configs reflect with gpt-5.2
     c = _load(name)
+    if name != "default":  # they name the user's Qwen3-8B checkpoint dir, absent here
+        assert c.model.spec.endswith("Qwen3-8B")
+        c.model.spec = "smollm2-135m-instruct"
+    if c.init_from:  # plasticity: a placeholder for the user's earlier run
+        with pytest.raises(run_setup.ConfigError, match=r"init_from run dir not found"):
+            run_setup.validate_config(c, num_batch_shards=1)
+        c.init_from = str(tmp_path)
     run_setup.validate_config(c, num_batch_shards=1)
     if name == "default":  # the embedded run the issue asks for
         assert c.mode == "fst" and c.model.spec == "smollm2-135m-instruct"
