@@ -5,7 +5,7 @@ import os
 import pytest
 
 from fst_jax.tasks import sandbox
-from fst_jax.tasks.sandbox import SandboxLimits, network_isolation, run_python
+from fst_jax.tasks.sandbox import SandboxLimits, isolation, network_isolation, run_python
 
 FAST = SandboxLimits(wall_s=3.0, cpu_s=1, memory_mb=256, file_size_mb=1)
 
@@ -133,7 +133,7 @@ def test_unserialisable_arguments_are_errors():
 
 def test_audit_hook_alone_blocks_network(monkeypatch):
     """Without a network namespace (unshare unavailable) the audit hook still refuses sockets."""
-    monkeypatch.setattr(sandbox, "network_isolation", lambda: "audit-hook")
+    monkeypatch.setattr(sandbox, "isolation", lambda: "audit-hook")
     r = run("import socket\nsocket.create_connection(('127.0.0.1', 9))")
     assert r.status == "refused"
 
@@ -188,3 +188,83 @@ def test_hook_state_cannot_be_switched_off():
         "return str(importlib.util.module_from_spec(spec).fork_exec)"
     )
     assert run(reimport).status == "refused"
+
+
+# --- the kernel-level boundary: code written to defeat the audit hook is still contained ------
+
+KERNEL = pytest.mark.skipif(
+    isolation() != "kernel",
+    reason=f"the kernel here disallows mount/user namespaces (isolation={isolation()!r}); only "
+    "the network namespace / audit hook apply",
+)
+# Blinds the hook's path check: every path it resolves looks like one inside the sandbox dir.
+DEFEAT = (
+    "import posixpath\n"
+    "_cwd = os.getcwd()\n"
+    "posixpath.realpath = lambda p, *a, **k: _cwd + '/ok'\n"
+    "posixpath.abspath = lambda p: _cwd + '/ok'\n"
+)
+
+
+def test_the_defeat_really_defeats_the_hook(monkeypatch, tmp_path):
+    """Without the kernel layer the same code writes outside: the hook alone is no boundary."""
+    monkeypatch.setattr(sandbox, "isolation", lambda: "audit-hook")
+    target = tmp_path / "escaped.txt"
+    r = run(DEFEAT + f"open({str(target)!r}, 'w').write('x')\nreturn 1")
+    assert (r.status, r.value) == ("ok", 1) and target.read_text() == "x"
+
+
+@KERNEL
+def test_kernel_contains_writes_that_defeat_the_hook(tmp_path):
+    targets = [tmp_path / "evil.txt", "/tmp/fst_sandbox_evil.txt", "/dev/shm/fst_evil.txt",
+               os.path.join(os.path.dirname(sandbox.__file__), "evil.py")]  # fmt: skip
+    for target in targets:
+        r = run(DEFEAT + f"open({str(target)!r}, 'w').write('x')\nreturn 1")
+        assert r.status == "refused" and "read-only" in r.message, (target, r)
+        assert not os.path.exists(target)
+    (tmp_path / "victim").write_text("keep")
+    for op in (f"os.remove({str(tmp_path / 'victim')!r})", f"os.mkdir({str(tmp_path / 'd')!r})",
+               f"os.rename({str(tmp_path / 'victim')!r}, {str(tmp_path / 'moved')!r})"):  # fmt: skip
+        r = run(DEFEAT + op + "\nreturn 1")
+        assert r.status == "refused", (op, r)
+    assert (tmp_path / "victim").read_text() == "keep" and sorted(os.listdir(tmp_path)) == [
+        "victim"
+    ]
+    # Its own directory stays writable.
+    r = run(DEFEAT + "open('mine.txt', 'w').write('x')\nreturn open('mine.txt').read()")
+    assert (r.status, r.value) == ("ok", "x")
+
+
+@KERNEL
+def test_kernel_child_has_no_privileges_and_the_process_limit_binds():
+    r = run(
+        DEFEAT + "import resource, threading\n"
+        "st = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n"
+        "try:\n"
+        "    threading.Thread(target=print).start()\n"
+        "    thread = 'started'\n"
+        "except RuntimeError as e:\n"
+        "    thread = str(e)\n"
+        "return [os.getuid(), int(st['CapEff'].strip(), 16), int(st['CapBnd'].strip(), 16),\n"
+        "        int(st['NoNewPrivs'].strip()), resource.getrlimit(resource.RLIMIT_NPROC), thread]"
+    )
+    assert r.status == "ok", r
+    uid, cap_eff, cap_bnd, nnp, nproc, thread = r.value
+    cap_sys_admin = 1 << 21
+    assert cap_eff & cap_sys_admin == 0 and cap_bnd & cap_sys_admin == 0 and nnp == 1
+    assert nproc == [0, 0]
+    if os.geteuid() == 0:  # started as root: dropped to nobody, so RLIMIT_NPROC binds
+        assert uid == sandbox.UNPRIVILEGED and cap_eff == 1 << 2  # only CAP_DAC_READ_SEARCH
+    assert uid != 0 and thread == "can't start new thread"
+
+
+def test_isolation_falls_back_when_namespaces_are_refused(monkeypatch):
+    """A kernel that refuses the mount namespace: the probe reports it and picks the next mode."""
+    monkeypatch.setattr(sandbox, "_kernel_prefix", lambda tmp: ["/bin/false"])
+    sandbox.isolation.cache_clear()
+    try:
+        assert sandbox.isolation() in ("network", "audit-hook")
+        r = run_python("def f():\n    return 1", "f", {}, FAST, _mode="kernel")
+        assert r.status == "error"  # a broken kernel layer never runs the code unprotected
+    finally:
+        sandbox.isolation.cache_clear()

@@ -1,24 +1,29 @@
-"""Run untrusted-ish Python (CodeIO reference code, predicted inputs) in a separate process.
+"""Run untrusted Python (CodeIO reference code, predicted inputs) in a separate process.
 
-Layers of containment, all in the child so the caller (the trainer) can never crash:
-  * rlimits: CPU seconds, address space, file size, open files, processes (not binding for
-    uid 0, which the kernel exempts), no core dumps; plus a wall
-    timeout after which the whole process group is killed;
-  * a fresh temporary working directory (deleted afterwards) and a minimal environment (no
-    inherited variables, so no secrets);
-  * no network: the child runs under `unshare -rn` (a new, empty network namespace) when the
-    kernel allows unprivileged user namespaces; independently of that, a `sys.addaudithook`
-    installed before the code runs refuses socket creation, process creation (fork, exec,
-    spawn, subprocess, os.system), ctypes, file writes outside the temp dir and reads of
-    /proc, /sys and the environment of other processes.
+The boundary is the kernel's, not Python's. When the kernel allows namespaces (`isolation()`
+is "kernel"), the child runs
+
+  * in its own mount namespace where EVERY mount is remounted read-only except its fresh
+    temporary directory (verified by the child from /proc/self/mountinfo before any code runs:
+    a mount left writable aborts the run), so a write anywhere else fails with EROFS whatever
+    the code does to Python's own checks;
+  * in an empty network namespace (loopback only) and its own IPC namespace;
+  * with no capabilities (empty bounding set, no_new_privs), so it cannot remount or unmount;
+    when started as root it also drops to uid/gid 65534 (keeping only CAP_DAC_READ_SEARCH so
+    it can read an interpreter installed under a private home), which makes RLIMIT_NPROC=0
+    bind: no new processes or threads (the kernel exempts uid 0 from that limit). As a normal
+    user the namespaces come from an unprivileged user namespace and the uid stays yours.
+
+Always, whatever the isolation: rlimits (CPU seconds, address space, file size, open files,
+processes, no core dumps), a wall timeout after which the whole process group is killed, a
+fresh temp dir (deleted afterwards) as cwd and HOME, an empty environment (no secrets), and a
+`sys.addaudithook` hook refusing sockets, process creation, ctypes and writes outside the temp
+dir. The hook is defence in depth and the only layer where namespaces are unavailable
+(`isolation()` == "network": `unshare -rn` only; "audit-hook": nothing); CPython audit hooks
+are not a boundary against code written to defeat them.
+
 Outcomes: "ok", "error" (the code raised), "timeout" (wall or CPU limit), "refused" (a
 forbidden operation or a resource cap such as memory).
-
-Trust model: the code run here is dataset reference code (CodeIO) called with model-proposed
-JSON arguments; model text is never executed. The kernel-level layers (rlimits, network
-namespace, process group kill, temp dir, empty environment) hold against anything. The audit
-hook contains accidental or careless behaviour; CPython audit hooks are not a boundary against
-code written to defeat them (e.g. monkeypatching stdlib helpers the hook relies on).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 import resource
 import secrets
@@ -50,6 +56,23 @@ VIOLATIONS = []
 class SandboxRefusal(PermissionError):
     pass
 
+def _emit_early(status, message):
+    _real_stdout.write("\n" + NONCE + json.dumps({"status": status, "message": message}) + "\n")
+    _real_stdout.flush()
+    sys.exit(0)
+
+if payload.get("kernel"):
+    # Fail closed: every mount but our temp dir must be read-only in this mount namespace.
+    # Only the top mount of a mount point is reachable (a later line covers an earlier one).
+    _top = {}
+    with open("/proc/self/mountinfo") as _f:
+        for _line in _f:
+            _parts = _line.split()
+            _top[_parts[4].encode().decode("unicode_escape")] = _parts[5].split(",")
+    for _mp, _opts in _top.items():
+        if _mp != ROOT and "rw" in _opts:
+            _emit_early("error", f"sandbox setup left {_mp} writable; refusing to run")
+
 # Trusted preloads (numpy needs ctypes at import time, which the hook refuses afterwards).
 for _mod in payload.get("preload", ()):
     if _mod in payload["code"]:
@@ -57,6 +80,12 @@ for _mod in payload.get("preload", ()):
             __import__(_mod)
         except Exception:
             pass
+
+# No new processes or threads from here on. Set here, after the preloads and after the uid
+# change (a setuid with the limit already exceeded would fail the exec), not in preexec_fn.
+import resource
+resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+del resource
 
 def _install(root, violations, refusal):
     # Install the audit hook. Its state lives only in this closure (not in module globals that
@@ -161,6 +190,8 @@ except MemoryError:
 except OSError as e:
     if e.errno == 27:  # EFBIG: Python ignores SIGXFSZ, so the file-size cap surfaces here
         status, out = "refused", {"message": "file size limit exceeded"}
+    elif e.errno == 30:  # EROFS: the kernel boundary stopped a write outside the sandbox dir
+        status, out = "refused", {"message": f"write outside the sandbox dir (read-only): {e}"}
     else:
         status, out = "error", {"message": f"{type(e).__name__}: {str(e)[:500]}"}
 except BaseException as e:
@@ -197,19 +228,65 @@ class SandboxResult:
     elapsed_s: float = 0.0
 
 
+log = logging.getLogger(__name__)
+
+UNPRIVILEGED = 65534  # nobody / nogroup: the sandbox's identity when started as root
+
+# Runs inside the new mount namespace, before the privileges are dropped: makes every mount
+# read-only except the temp dir ($1), then execs the rest of the command line.
+_SETUP = r"""
+set -e
+T="$1"; shift
+mount --make-rprivate /
+mount --bind "$T" "$T"
+for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+  m=$(printf '%b' "$m")
+  [ "$m" = "$T" ] && continue
+  mount -o remount,bind,ro "$m" 2>/dev/null || echo "fst-sandbox: cannot make $m read-only" >&2
+done
+mount -o remount,bind,rw "$T"
+cd "$T"  # the inherited cwd still points into the (now read-only) mount below the bind
+exec "$@"
+"""
+
+
+def _kernel_prefix(tmp: str) -> list[str] | None:
+    """The command prefix that runs argv inside the kernel-level sandbox, or None if unavailable."""
+    unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
+    if unshare is None or setpriv is None or not os.path.exists("/proc/self/mountinfo"):
+        return None
+    root = os.geteuid() == 0
+    ns = [unshare, "--mount", "--net", "--ipc"] + ([] if root else ["--user", "--map-root-user"])
+    if root:  # a real uid other than 0, so RLIMIT_NPROC binds; reading stays possible
+        drop = [f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups",
+                "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search",
+                "--bounding-set=-all,+dac_read_search"]  # fmt: skip
+    else:  # uid 0 inside the user namespace is you outside; it only loses its capabilities
+        drop = ["--inh-caps=-all", "--bounding-set=-all"]
+    return [*ns, "--", "/bin/sh", "-c", _SETUP, "fst-sandbox", tmp, setpriv, "--no-new-privs",
+            *drop]  # fmt: skip
+
+
 @functools.cache
+def isolation() -> str:
+    """The strongest isolation that works here (probed once per process):
+
+    "kernel" (read-only mount namespace + network namespace + no capabilities, see the module
+    docstring), else "network" (`unshare -rn`: only an empty network namespace), else
+    "audit-hook" (Python-level checks only).
+    """
+    for mode in ("kernel", "network"):
+        r = run_python("def f():\n    open('probe', 'w').write('x')\n    return 1", "f", {},
+                       SandboxLimits(wall_s=20.0, cpu_s=10), _mode=mode)  # fmt: skip
+        if (r.status, r.value) == ("ok", 1):
+            return mode
+        log.warning("sandbox: %s isolation unavailable here (%s)", mode, r.message[:300])
+    return "audit-hook"
+
+
 def network_isolation() -> str:
-    """'unshare' if `unshare -rn` works here (empty network namespace), else 'audit-hook'."""
-    exe = shutil.which("unshare")
-    if exe is None:
-        return "audit-hook"
-    try:
-        r = subprocess.run(
-            [exe, "-rn", sys.executable, "-c", "pass"], capture_output=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "audit-hook"
-    return "unshare" if r.returncode == 0 else "audit-hook"
+    """'unshare' if the child gets an empty network namespace, else 'audit-hook' (compat)."""
+    return "unshare" if isolation() in ("kernel", "network") else "audit-hook"
 
 
 def _preexec(limits: SandboxLimits):
@@ -222,9 +299,7 @@ def _preexec(limits: SandboxLimits):
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsz, fsz))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        # No new processes or threads. The kernel exempts uid 0 from this limit, so as root the
-        # audit hook (fork/exec/spawn/subprocess refused, fork_exec disabled) is what binds.
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        # RLIMIT_NPROC is set by the runner itself (after the uid change; see _RUNNER).
 
     return fn
 
@@ -234,11 +309,14 @@ def run_python(
     funcname: str | None = None,
     kwargs: dict | None = None,
     limits: SandboxLimits = SandboxLimits(),
+    *,
+    _mode: str | None = None,
 ) -> SandboxResult:
     """Execute `code`, then call `funcname(**kwargs)` (or read a global `result`), sandboxed.
 
     Never raises for anything the code does; returns a SandboxResult with the JSON-able value.
     """
+    mode = _mode or isolation()
     nonce = "@@SANDBOX-" + secrets.token_hex(8) + "@@"
     try:
         payload = json.dumps(
@@ -248,6 +326,7 @@ def run_python(
                 "kwargs": kwargs or {},
                 "nonce": nonce,
                 "preload": list(limits.preload),
+                "kernel": mode == "kernel",
             }
         )
     except (TypeError, ValueError) as e:
@@ -258,7 +337,14 @@ def run_python(
         with open(runner, "w") as f:
             f.write(_RUNNER)
         cmd = [sys.executable, "-I", "-B", runner]
-        if network_isolation() == "unshare":
+        if mode == "kernel":
+            prefix = _kernel_prefix(tmp)
+            if prefix is None:
+                return SandboxResult("error", message="unshare/setpriv (util-linux) not found")
+            if os.geteuid() == 0:
+                os.chown(tmp, UNPRIVILEGED, UNPRIVILEGED)
+            cmd = [*prefix, *cmd]
+        elif mode == "network":
             cmd = [shutil.which("unshare") or "unshare", "-rn", *cmd]
         env = {
             "PATH": "/usr/bin:/bin",
