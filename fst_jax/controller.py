@@ -437,6 +437,7 @@ class Controller:
             tokens, positions, mask, logps, rewards, group_ids,
             advantage=None if distill else c.rl.advantage, aggregation=c.rl.aggregation,
             group_size=G, ref_logps=ref, teacher=teacher,
+            max_completion_len=c.sampling.max_new_tokens,  # token_sum_norm's budget
         )  # fmt: skip
         self.state, dev_metrics = self.train_step(self.state, batch)
         tm = rl.host_metrics(dev_metrics)

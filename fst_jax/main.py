@@ -62,6 +62,16 @@ def _flag_message(e: BaseException) -> str:
         path = flag.split("=", 1)[0].removeprefix("--config.").rsplit(".", 1)[0]
         near = f"{path}.{good}" if "." in flag.split("=", 1)[0].removeprefix("--config.") else good
         return f"unknown config key ({flag}): did you mean --config.{near}?"
+    if isinstance(e, KeyError):  # a key the config does not have, and no near one
+        given = [
+            a for a in sys.argv[1:] if re.match(rf"--config(\.\w+)*\.{re.escape(text)}(=|$)", a)
+        ]
+        if given:
+            parent = given[0].split("=", 1)[0].removeprefix("--config.").rsplit(".", 1)[0]
+            return (f"unknown config key ({given[0]}): {parent} has no key {text!r}; new keys "
+                    "go in a config file (experiments/configs/), flags only override")  # fmt: skip
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} ({e.filename}, line {e.lineno})"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return "; ".join(lines)[:500] or type(e).__name__
 
@@ -84,7 +94,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         _fail(f"bad flag: {_flag_message(e)} (see fst-train --helpshort)", e)
     except (AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError) as e:
-        _fail(f"bad --config: {_flag_message(e)}", e)
+        given = next((a for a in argv[1:] if a.startswith("--config=")), "--config=<default>")
+        _fail(f"cannot load the config file ({given}): {_flag_message(e)}", e)
     raise AssertionError("unreachable")
 
 

@@ -112,7 +112,7 @@ class FaultServer:
                     if len(server.log) >= server.max_requests:
                         return self._json(503, {"error": {"message": "fault server exhausted"}})
                     server.log.append((b, req))
-                server.play(self, b)
+                server.play(self, b, req)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -145,7 +145,7 @@ class FaultServer:
             self.script, self.default, self.log = list(script), default, []
             self.cycle = itertools.cycle(cycle) if cycle else None
 
-    def play(self, h: BaseHTTPRequestHandler, b: str) -> None:
+    def play(self, h: BaseHTTPRequestHandler, b: str, req: dict | None = None) -> None:
         good = self.good
         if b == "fresh":  # a usable reply that differs every time (distinct accepted children)
             return h._json(200, completion(fenced(f"{good} (variant {next(self.variant)})")))
@@ -183,12 +183,20 @@ class FaultServer:
                 "null_content": None,
                 "unfenced": "You should check arithmetic twice.",
                 "overlong": fenced("x" * 20000),
-                "identical": fenced(self.parent),
+                "identical": fenced(self._current(req)),
             }[b]
             if not b.startswith("text:")
             else b[5:]
         )
         return h._json(200, completion(content))
+
+    def _current(self, req: dict | None) -> str:
+        """The context the request asks to improve (inside the meta-prompt's first fence)."""
+        try:
+            text = req["messages"][0]["content"]
+            return text.split("```\n", 1)[1].split("\n```", 1)[0]
+        except (TypeError, KeyError, IndexError):
+            return self.parent
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -35,6 +35,12 @@ def files(tmp_path_factory):
     (hf / "model.safetensors").write_bytes(b'\x40\x00\x00\x00\x00\x00\x00\x00{"a": {"dty')
     (d / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 5)
     (d / "cfg_syntax.py").write_text("def get_config(:\n")
+    for name, data in (("empty", d / "empty.jsonl"), ("missing", d / "missing.jsonl")):
+        (d / f"cfg_{name}_data.py").write_text(
+            f"import sys\nsys.path.insert(0, {str(REPO / 'experiments/configs')!r})\n"
+            "from default import get_config as base\n\n\ndef get_config():\n    c = base()\n"
+            f"    c.task.kwargs.source = 'real'\n    c.task.kwargs.path = {str(data)!r}\n    return c\n"
+        )
     return d
 
 
@@ -43,7 +49,7 @@ CASES = [
     (["--config.rl.lrr=3"], "unknown config key (--config.rl.lrr=3): did you mean --config.rl.lr?"),
     (["--config.seeed=1"], "did you mean --config.seed?"),
     (["--config={d}/nope.py"], "cannot load the config file (--config="),
-    (["--config={d}/cfg_syntax.py"], "cannot load the config file"),
+    (["--config={d}/cfg_syntax.py"], "SyntaxError: invalid syntax ({d}/cfg_syntax.py, line 1)"),
     (["--config.rl.lr=abc"], "could not convert string to float"),
     (["--config.mode=fsst"], "unknown mode (mode='fsst'): did you mean 'fst'?"),
     (["--config.rl.tau=0"], "out of range (rl.tau=0.0): must be > 0.0"),
@@ -66,8 +72,9 @@ CASES = [
     (["--config.resume=maybe"], "unknown resume (resume='maybe')"),
     (["--config.task.name=mathh"], "unknown task (task.name='mathh'): did you mean 'math'?"),
     (["--config.task.kwargs.difficulty=lite2"], "(task.kwargs.difficulty='lite2')"),
-    (["--config.task.kwargs.path={d}/empty.jsonl"], "data file is empty (task.kwargs.path="),
-    (["--config.task.kwargs.path={d}/missing.jsonl"], "data file not found (task.kwargs.path="),
+    (["--config={d}/cfg_empty_data.py"], "data file is empty (task.kwargs.path='{d}/empty.jsonl')"),
+    (["--config={d}/cfg_missing_data.py"], "data file not found (task.kwargs.path="),
+    (["--config.task.kwargs.path=x.jsonl"], "task.kwargs has no key 'path'"),
     (["--config.init_from={d}/no_run"], "init_from run dir not found"),
     (["--workdir={d}/a_file"], "workdir is a file, not a directory"),
     (["--workdir=/proc/fst_no_such_dir"], "workdir is not writable"),

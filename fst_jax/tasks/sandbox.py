@@ -239,8 +239,8 @@ set -e
 T="$1"; shift
 mount --make-rprivate /
 mount --bind "$T" "$T"
-for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
-  m=$(printf '%b' "$m")
+for m in $(awk '$6 ~ /(^|,)rw(,|$)/ {print $5}' /proc/self/mountinfo | sort -u); do
+  case "$m" in *\\*) m=$(printf '%b' "$m") ;; esac  # octal escapes (e.g. \040 for a space)
   [ "$m" = "$T" ] && continue
   mount -o remount,bind,ro "$m" 2>/dev/null || echo "fst-sandbox: cannot make $m read-only" >&2
 done
