@@ -63,6 +63,7 @@ def _flag_message(e: BaseException) -> str:
         near = f"{path}.{good}" if "." in flag.split("=", 1)[0].removeprefix("--config.") else good
         return f"unknown config key ({flag}): did you mean --config.{near}?"
     if isinstance(e, KeyError):  # a key the config does not have, and no near one
+        text = text.strip("'\"")
         given = [
             a for a in sys.argv[1:] if re.match(rf"--config(\.\w+)*\.{re.escape(text)}(=|$)", a)
         ]
