@@ -40,12 +40,13 @@ def _expected_faults(served: dict[str, int]) -> dict[str, int]:
 def _lm(server):
     return get_reflection_lm(
         "openai", model="fake", base_url=server.base_url, api_key_env="FST_TEST_NO_KEY",
-        timeout=0.3, max_retries=2, backoff_base=0.001, backoff_max=0.01, max_reply_chars=50_000,
+        timeout=1.0, max_retries=2, backoff_base=0.001, backoff_max=0.01, max_reply_chars=50_000,
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~20 s: nine 1 s client timeouts
 def test_gepa_rounds_survive_every_failure_mode():
-    server = FaultServer(parent=SEED, hang_s=0.6, max_requests=600)
+    server = FaultServer(parent=SEED, hang_s=1.6, max_requests=600)
     try:
         server.reset(cycle=CYCLE)
         state = PopulationState.new([SEED], seed=3)
@@ -106,12 +107,12 @@ def test_fst_controller_run_against_the_fault_server(tmp_path):
     c = tiny_config("fst")
     c.num_cycles = 3
     c.gepa.budget = 40
-    server = FaultServer(hang_s=0.6, max_requests=600)
+    server = FaultServer(hang_s=1.6, max_requests=600)
     try:
         g = c.gepa
         g.reflection_lm, g.reflection_model = "openai", "fake"
         g.reflection_base_url, g.reflection_api_key_env = server.base_url, "FST_TEST_NO_KEY"
-        g.reflection_timeout_s, g.reflection_max_retries = 0.3, 2
+        g.reflection_timeout_s, g.reflection_max_retries = 1.0, 2
         g.reflection_backoff_s, g.reflection_backoff_max_s = 0.001, 0.01
         ctl = controller.Controller(c, tmp_path)
         seed = ctl.population.candidates[0].text
