@@ -263,7 +263,9 @@ def _tasks(c: Any, ctx: CheckContext) -> None:
         except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
             msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
             named = [k for k in kwargs if k in msg] or [k for k in kwargs if repr(kwargs[k]) in msg]
-            key, value = (f"task.kwargs.{named[0]}", kwargs[named[0]]) if named else ("task.kwargs", kwargs)
+            key, value = (
+                (f"task.kwargs.{named[0]}", kwargs[named[0]]) if named else ("task.kwargs", kwargs)
+            )
             raise ConfigError(f"task {name!r} rejects its arguments", key, value, msg) from None
         if hasattr(task, "close"):
             task.close()
