@@ -23,14 +23,14 @@ RECORDS = [{"Inputs": "2+2?", "Generated Outputs": "5", "Feedback": "expected 4"
 
 @pytest.fixture(scope="module")
 def server():
-    s = FaultServer()
+    s = FaultServer(hang_s=1.5)
     yield s
     s.close()
 
 
 def _lm(server, **kw):
     kw = {
-        "timeout": 0.4,
+        "timeout": 0.8,  # generous: a loaded CI machine must not turn a reply into a timeout
         "max_retries": 2,
         "backoff_base": 0.001,
         "api_key_env": "FST_TEST_NO_KEY",
