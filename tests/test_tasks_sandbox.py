@@ -268,3 +268,23 @@ def test_isolation_falls_back_when_namespaces_are_refused(monkeypatch):
         assert r.status == "error"  # a broken kernel layer never runs the code unprotected
     finally:
         sandbox.isolation.cache_clear()
+
+
+@KERNEL
+def test_user_namespace_flavour_contains_too(monkeypatch, tmp_path):
+    """The path a normal user gets (unshare --user --map-root-user, no uid change): writes outside
+    still hit read-only mounts and the child holds no capabilities. As root it is simulated by
+    reporting a non-root euid to the sandbox."""
+    if os.geteuid() == 0:
+        monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    target = tmp_path / "evil.txt"
+    r = run(
+        DEFEAT
+        + "st = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n"
+        "open('mine.txt', 'w').write('x')\n"
+        "caps = [int(st[k].strip(), 16) for k in ('CapEff', 'CapBnd')]\n"
+        f"try:\n    open({str(target)!r}, 'w').write('x')\nexcept OSError as e:\n"
+        "    return [e.errno, caps]\nreturn 'escaped'"
+    )
+    assert (r.status, r.value) == ("ok", [30, [0, 0]]), r
+    assert not target.exists()
