@@ -8,7 +8,8 @@ Read ``Controller.run`` top to bottom; one cycle is
      then export the top-K contexts into the prompt bank. Every GEPA evaluation is ONE sampler
      call over all its (candidate, example) pairs.
   2. T = ``rl.steps_per_cycle`` RL steps (modes rl/fst/fst_distill): a batch of problems, G
-     rollouts each spread over the K contexts (G/K per context; mode rl uses the seed context),
+     rollouts each spread over the exported contexts as evenly as possible (`spread_contexts`:
+     G/K per context; counts differ by at most one when fewer than K exist; mode rl uses the seed),
      verification, group advantages over all G rollouts of a problem, one jitted train step.
   3. Evaluation (every ``eval.every_cycles`` and at start/end) and a checkpoint.
 
@@ -50,6 +51,7 @@ from fst_jax import checkpoint as ckpt_lib
 from fst_jax import distributed, evaluation, metrics, rl, sampling, sharding
 from fst_jax import gepa as gepa_lib
 from fst_jax.rows import RowShardedSampler, RowShardedTask
+from fst_jax.sampling.prompt_bank import spread_contexts
 from fst_jax.run_setup import (
     ConfigError,
     ProgressSampler,
@@ -412,10 +414,7 @@ class Controller:
         rows = [ex for ex in problems for _ in range(G)]
         group_ids = np.repeat(np.arange(len(problems), dtype=np.int32), G)
         contexts = self.exported[: self.K] if c.mode != "rl" else [self.exported[0]]
-        per = G // len(contexts) if G % len(contexts) == 0 else 1
-        ctx_slot = np.tile(
-            np.minimum(np.arange(G) // per, len(contexts) - 1), len(problems)
-        ).astype(np.int32)
+        ctx_slot = np.tile(spread_contexts(G, len(contexts)), len(problems)).astype(np.int32)
         bank = self.bank.with_contexts(contexts)
         distill = c.mode == "fst_distill"
         idx = np.full_like(ctx_slot, bank.no_context) if distill else ctx_slot
@@ -459,6 +458,7 @@ class Controller:
         for j in range(len(contexts)):
             sel = ctx_slot == j
             m[f"rollout/reward_context_{j}"] = float(rewards[sel].mean())
+            m[f"rollout/rollouts_context_{j}"] = int(sel.sum())
         self.writer.write(self.step, m)
 
     def _teacher_view(self, bank: Any, ctx_slot: np.ndarray, rows: Sequence[Any], out: Any):

@@ -313,3 +313,23 @@ class _RawLayout:
         if not isinstance(text, str) or not text:
             raise ValueError(f"Empty or non-string prompt {text!r}")
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+def spread_contexts(group_size: int, num_contexts: int) -> np.ndarray:
+    """Context slot of each of a problem's G rollouts, spread as evenly as possible: int32[G].
+
+    Context j (0 = highest ranked) gets ``G // n`` rollouts, plus one for the first ``G % n``
+    contexts, so counts differ by at most one and higher-ranked contexts never get fewer. Slots
+    are contiguous (``[0, 0, 1, 1, 2, 2, ...]``). Holds for every ``1 <= n <= G``: early cycles
+    export fewer than K contexts, and the split must stay even then too (paper §1.3: "population
+    mixed within group", G/K each).
+    """
+    g, n = int(group_size), int(num_contexts)
+    if not 1 <= n <= g:
+        raise ValueError(
+            f"cannot spread G={g} rollouts over {n} contexts: need 1 <= contexts <= G "
+            "(lower gepa.k or raise rl.group_size)"
+        )
+    counts = np.full(n, g // n, np.int64)
+    counts[: g % n] += 1
+    return np.repeat(np.arange(n, dtype=np.int32), counts)
