@@ -91,6 +91,37 @@ def test_fronts_dominated_removal_and_selection_match_gepa(seed, n_cand, n_ex):
     assert probs == {c: n / total for c, n in Counter(seen[0]).items()}
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_selection_distribution_matches_gepa_beyond_8_candidates(seed):
+    """Same parent distribution as gepa with 9-20 candidates (draw order may differ there)."""
+    rng = random.Random(100 + seed)
+    n_cand = rng.randint(9, 20)
+    # Many distinct levels so that many candidates survive on some front.
+    table = _table(rng, n_cand, 30, levels=tuple(i / 10 for i in range(11)))
+    g = _gepa_state(table)
+    anchors, scores, means = _ours(table)
+    front_sets = {a: m for a, (_, m) in build_fronts(scores, anchors).items()}
+    seen = []
+
+    class Recorder:
+        def choice(self, seq):
+            seen.append(list(seq))
+            return seq[0]
+
+    select_program_candidate_from_pareto_front(
+        g.get_pareto_front_mapping(), g.per_program_tracked_scores, Recorder()
+    )
+    weights = selection_weights(front_sets, means)
+    assert max(weights) >= 8  # the regime where set iteration order stops being ascending
+    assert Counter(c for c, n in weights.items() for _ in range(n)) == Counter(seen[0])
+    state = PopulationState.new([f"c{i}" for i in range(n_cand)], seed=seed)
+    state.set_anchor_set(anchors)
+    for c in range(n_cand):
+        state.record_scores(c, scores[c])
+    total = len(seen[0])
+    assert state.selection_probabilities() == {c: k / total for c, k in Counter(seen[0]).items()}
+
+
 def test_dominated_candidate_is_never_selected():
     # c1 ties c0 everywhere c1 is best, and c0 also owns e2: c1 is dominated (removed first: lower mean).
     table = [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.5]]

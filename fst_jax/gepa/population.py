@@ -174,8 +174,11 @@ def selection_weights(
 ) -> dict[int, int]:
     """Front-membership counts of the non-dominated candidates, in first-appearance order.
 
-    The parent is drawn with probability weight / sum(weights). The order matters for replaying
-    the `gepa` package's draw: it walks fronts in anchor order and ids ascending within a front.
+    The parent is drawn with probability weight / sum(weights), the `gepa` package's
+    distribution for any number of candidates. Its exact draw sequence is replayed only up to 8
+    candidate ids: `gepa` walks each front as a Python set, which iterates small ints in
+    ascending order only while the ids fit the set's initial 8-slot table; beyond that its
+    sampling list is a permutation of ours, so the same RNG picks differently (same distribution).
     """
     survivors = remove_dominated(front_sets, mean_scores)
     weights: dict[int, int] = {}

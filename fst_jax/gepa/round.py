@@ -17,9 +17,17 @@ Round: re-score the carried candidates on the anchor set (charged to the budget 
 `GepaConfig.rescore_budget`), then iterate: select a parent by Pareto frequency → evaluate it on
 a minibatch → skip if perfect → reflect → evaluate the child on the same minibatch → accept on a
 strict improvement of the minibatch sum → score the child on the anchor set → update the fronts.
-An iteration starts only if its worst-case cost (2·minibatch + |anchors|) still fits the budget,
-so a round never exceeds its budget. Merge is not offered: with a single component (the context)
-a GEPA merge can only reproduce one of its parents' texts.
+
+Budget: the `gepa` package starts an iteration while calls < budget and may overshoot by one
+iteration; a round here never exceeds its budget yet spends it. An iteration starts while its
+minibatch part (2·minibatch) fits, so at most 2·minibatch − 1 calls stay unused (≥ 99 % of the
+paper's 960). A child that passes the minibatch test when its anchor evaluation (|anchors| calls)
+no longer fits is dropped and counted (`unaffordable`); the `gepa` package would have scored it
+past its budget. Up to that first drop the round's calls are exactly the `gepa` package's.
+`GepaConfig.max_consecutive_skips` ends a round after that many iterations in a row in which the
+reflection LM gave no usable context (counted in `stopped_on_skips`), rather than re-evaluating
+parents for the whole budget. Merge is not offered: with a single component (the context) a GEPA
+merge can only reproduce one of its parents' texts.
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ class GepaConfig:
     # paper's Φ ← top-K), "all" (the whole pool), or an int k (the first k of the last export).
     carry: str | int = "exported"
     max_rollout_chars: int = 4000  # per example in the reflective dataset
+    # End the round after this many consecutive iterations whose reflection gave no usable
+    # context (0 = never): a broken reflection LM would otherwise spend the budget on parents.
+    max_consecutive_skips: int = 0
 
     def __post_init__(self) -> None:
         if self.acceptance not in ("strict_improvement", "improvement_or_equal"):
@@ -64,6 +75,11 @@ class GepaConfig:
         if self.candidate_selection not in ("pareto", "current_best"):
             raise ValueError(
                 f"candidate_selection must be 'pareto' or 'current_best', got {self.candidate_selection!r}."
+            )
+        if not isinstance(self.max_consecutive_skips, int) or self.max_consecutive_skips < 0:
+            raise ValueError(
+                f"max_consecutive_skips must be an int >= 0 (0 = never stop), got "
+                f"{self.max_consecutive_skips!r}."
             )
         if self.minibatch_size < 1:
             raise ValueError(f"minibatch_size must be >= 1, got {self.minibatch_size}.")
@@ -80,7 +96,7 @@ class IterationRecord:
     minibatch: list[str]
     parent_scores: list[float]
     child_scores: list[float] | None
-    decision: str  # accepted | rejected | skipped_perfect | skipped_lm
+    decision: str  # accepted | rejected | unaffordable | skipped_perfect | skipped_lm
     child: int | None = None
     skip_reason: str | None = None
 
@@ -99,6 +115,8 @@ class RoundReport:
     rejected: int = 0
     skipped_perfect: int = 0
     skipped_lm: int = 0
+    unaffordable: int = 0  # children that passed the minibatch but whose anchor scoring did not fit
+    stopped_on_skips: int = 0  # 1 if max_consecutive_skips ended the round
     skip_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     new_candidates: list[int] = dataclasses.field(default_factory=list)
     records: list[IterationRecord] = dataclasses.field(default_factory=list)
@@ -118,8 +136,11 @@ class RoundReport:
         m.update(
             {
                 k: float(getattr(self, k))
-                for k in ("accepted", "rejected", "skipped_perfect", "skipped_lm")
-            }
+                for k in (
+                    "accepted", "rejected", "skipped_perfect", "skipped_lm", "unaffordable",
+                    "stopped_on_skips",
+                )
+            }  # fmt: skip
         )
         m.update({f"skip/{k}": float(v) for k, v in self.skip_reasons.items()})
         return m
@@ -182,6 +203,28 @@ def _carried_ids(state: PopulationState, carry: str | int) -> list[int]:
         means = state.mean_scores()
         return sorted(means, key=lambda c: (-means[c], c))[: k or len(means)]
     return [c.id for c in state.candidates]  # first round: the seed(s)
+
+
+def budget_warning(
+    budget: int, num_anchors: int, minibatch_size: int, rescore_calls: int = 0, min_iterations: int = 3
+) -> str | None:
+    """A pre-flight message when `budget` cannot pay for `min_iterations` worst-case iterations.
+
+    Worst case = an accepted child: 2·minibatch + |anchors| rollouts; `rescore_calls` is what
+    re-scoring carried candidates takes from the same budget (rescore_budget='shared').
+    """
+    worst = 2 * minibatch_size + num_anchors
+    n = max(budget - rescore_calls, 0) // worst
+    if n >= min_iterations:
+        return None
+    need = rescore_calls + min_iterations * worst
+    return (
+        f"gepa.budget={budget} pays for only {n} worst-case GEPA iteration(s) per round "
+        f"(each accepted child costs 2·minibatch + anchors = {worst} rollouts"
+        + (f", after {rescore_calls} re-scoring calls" if rescore_calls else "")
+        + f"); raise gepa.budget to >= {need} or lower gepa.anchor_size for at least "
+        f"{min_iterations}"
+    )
 
 
 def run_round(
@@ -252,15 +295,18 @@ def run_round(
         rescore_calls,
     )
     b = config.minibatch_size
-    worst_case = 2 * b + len(anchor_ids)
     reasons: Counter[str] = Counter()
+    lm_skips_in_a_row = 0
 
     def spend(n: int) -> None:
         report.calls_used += n
         report.total_calls += n
 
     # 2) The reflective-mutation loop.
-    while report.calls_used + worst_case <= budget:
+    while report.calls_used + 2 * b <= budget:
+        if config.max_consecutive_skips and lm_skips_in_a_row >= config.max_consecutive_skips:
+            report.stopped_on_skips = 1
+            break
         it = state.counters.get("iterations", 0)
         state.bump("iterations")
         report.iterations += 1
@@ -279,6 +325,7 @@ def run_round(
             state, state.candidates[parent].text, records, salt=f"iteration:{it}"
         )
         if outcome.text is None:
+            lm_skips_in_a_row += 1
             report.skipped_lm += 1
             reasons[outcome.skip_reason] += 1
             report.records.append(
@@ -287,6 +334,7 @@ def run_round(
                 )
             )
             continue
+        lm_skips_in_a_row = 0
         # The child is evaluated before it joins the pool; it gets the next id if accepted.
         child_id = state.add_candidate(outcome.text, [parent], cycle)
         c_scores, _, _ = _checked_evaluate(evaluate, [child_id] * len(mb), mb)
@@ -297,6 +345,13 @@ def run_round(
             state.candidates.pop()
             report.rejected += 1
             report.records.append(IterationRecord(it, parent, mb, p_scores, c_scores, "rejected"))
+            continue
+        if report.calls_used + len(anchor_ids) > budget:  # cannot be scored within the budget
+            state.candidates.pop()
+            report.unaffordable += 1
+            report.records.append(
+                IterationRecord(it, parent, mb, p_scores, c_scores, "unaffordable")
+            )
             continue
         full, _, _ = _checked_evaluate(evaluate, [child_id] * len(anchor_ids), anchor_ids)
         spend(len(anchor_ids))
@@ -313,7 +368,7 @@ def run_round(
     report.front = sorted(remove_dominated({a: m for a, (_, m) in fronts.items()}, means))
     report.best_mean = max(means.values())
     report.front_mean = sum(best for best, _ in fronts.values()) / len(fronts)
-    for k in ("accepted", "rejected", "skipped_perfect", "skipped_lm"):
+    for k in ("accepted", "rejected", "skipped_perfect", "skipped_lm", "unaffordable"):
         state.bump(k, getattr(report, k))
     state.bump("metric_calls", report.total_calls)
     state.rounds += 1
