@@ -109,7 +109,10 @@ def test_returned_logps_equal_separate_forward(tok, model, bank, sp):
         ref, kept = _ref_logp(raw_full[b, t - 1], toks[b, t], sp)
         assert kept, "sampled a token outside the top-k/top-p set"
         np.testing.assert_allclose(logps[b, t], ref, atol=5e-5)
-        np.testing.assert_allclose(raw[b, t], raw_full[b, t - 1, toks[b, t]], atol=5e-5)
+        # raw = tempered, untruncated (the trainer's π_old; see select.py)
+        tempered = raw_full[b, t - 1] / sp.temperature
+        tempered = tempered - tempered.max() - np.log(np.exp(tempered - tempered.max()).sum())
+        np.testing.assert_allclose(raw[b, t], tempered[toks[b, t]], atol=5e-5)
         checked += 1
     assert checked >= 4 * 2
 

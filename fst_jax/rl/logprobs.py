@@ -51,15 +51,20 @@ def logps_from_hidden(
     *,
     chunk: int = 128,
     with_entropy: bool = True,
+    temperature: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
     """(log π(tokens[b, t] | <t), entropy of π(· | <t)) both f32[B, S], computed chunk-wise.
 
-    The entropy is a metric: it is computed from stop-gradient logits.
+    `temperature` divides the logits first: the trainer's π is the sampler's distribution
+    (temperature applied, no top-k/top-p), so an on-policy importance ratio is 1. The entropy is
+    a metric: it is computed from stop-gradient logits.
     """
     h = shift_hidden(hidden_bsd)
 
     def piece(h_c, y_c):
         logits = unembed(config, params, h_c)  # [B, C, V] f32
+        if temperature != 1.0:
+            logits = logits / jnp.float32(temperature)
         lse = jax.nn.logsumexp(logits, axis=-1)
         lp = jnp.take_along_axis(logits, y_c[..., None], axis=-1)[..., 0] - lse
         if not with_entropy:
@@ -81,12 +86,14 @@ def token_logps(
     *,
     chunk: int = 128,
     with_entropy: bool = True,
+    temperature: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
     """Forward + chunked log-probs of each token given its prefix; see `logps_from_hidden`."""
     hidden, _ = forward(config, params, tokens_bs, positions_bs, return_hidden=True)
     return logps_from_hidden(
-        config, params, hidden, tokens_bs, chunk=chunk, with_entropy=with_entropy
-    )
+        config, params, hidden, tokens_bs, chunk=chunk, with_entropy=with_entropy,
+        temperature=temperature,
+    )  # fmt: skip
 
 
 def full_kl_from_hidden(

@@ -13,6 +13,11 @@ Our CISPO (MiniMax-M1 §3.1, TRL/verl semantics), stated exactly:
     ℓ_t   = − sg( clip(ρ, low, τ) ) · A_b · log π_θ(y_t)       τ = 4, low = 0 (no lower clip)
 The weight carries no gradient: ∇ℓ = −clip(ρ, low, τ) · A · ∇ log π_θ, every token keeps its
 gradient (no PPO-style token drop).
+
+GSPO (Zheng et al. 2025, arXiv 2507.18071) uses the sequence-level ratio
+    s_b = exp( (1/|y_b|) Σ_t (log π_θ(y_t) − log π_old(y_t)) )
+clipped PPO-style to [1−ε_low, 1+ε_high], in its token form s_{b,t} = sg(s_b)·π_θ(y_t)/sg(π_θ(y_t))
+(same value and, with a sequence-mean aggregation, the same gradient as the sequence objective).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class TokenInputs:
     old_logps: jax.Array  # sampler log-probs (π_old)
     advantages: jax.Array
     distill_kl: jax.Array | None = None  # full-vocab KL(student ‖ sg teacher), fst_distill only
+    mask: jax.Array | None = None  # completion mask (sequence-level losses: GSPO)
 
 
 LossFn = Callable[[TokenInputs, LossConfig], tuple[jax.Array, jax.Array]]
@@ -127,6 +133,23 @@ def grpo_loss(x: TokenInputs, cfg: LossConfig) -> tuple[jax.Array, jax.Array]:
 def dr_grpo_loss(x: TokenInputs, cfg: LossConfig) -> tuple[jax.Array, jax.Array]:
     """Dr. GRPO: the PPO-clip term with centred (unscaled) advantages and a constant normaliser."""
     return _ppo_clip(x, cfg)
+
+
+@register_loss("gspo", default_aggregation="sequence_mean")
+def gspo_loss(x: TokenInputs, cfg: LossConfig) -> tuple[jax.Array, jax.Array]:
+    """GSPO-token: ℓ = max(−s·A, −clip(s, 1−ε_low, 1+ε_high)·A), s the sequence ratio (see top)."""
+    if x.mask is None:
+        raise ValueError("gspo needs the completion mask (TokenInputs.mask)")
+    sg = jax.lax.stop_gradient
+    diff = jnp.where(x.mask > 0, x.logps - x.old_logps, 0.0)
+    seq = jnp.sum(diff, axis=-1, keepdims=True) / jnp.maximum(
+        jnp.sum(x.mask, axis=-1, keepdims=True), 1.0
+    )
+    seq = jnp.clip(sg(seq), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    s = jnp.exp(seq + x.logps - sg(x.logps))
+    unclipped = -s * x.advantages
+    clipped = -jnp.clip(s, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high) * x.advantages
+    return jnp.maximum(unclipped, clipped), (clipped > unclipped).astype(jnp.float32)
 
 
 @register_loss("fst_distill", needs_teacher=True, default_advantage=None)

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from fst_jax import sharding
 from fst_jax.models.config import ModelConfig
 from fst_jax.models.decoder import forward
-from fst_jax.rl.batch import RLBatch, validate_batch
+from fst_jax.rl.batch import RLBatch, make_batch, validate_batch
 from fst_jax.rl.kl import kl_estimate
 from fst_jax.rl.logprobs import (
     align_teacher_hidden,
@@ -54,6 +54,18 @@ class RLConfig:
     max_grad_norm: float | None = None  # global-norm clip; None = off (paper states none)
     num_microbatches: int = 1
     logit_chunk: int = 128  # sequence positions per chunk of the vocab projection
+    # The sampling temperature: the trainer's log π uses logits / temperature, matching the
+    # sampler's π_old (`Rollouts.raw_logps`), so on-policy ρ = 1 (verl's choice).
+    temperature: float = 1.0
+    # Optimizer updates per rollout batch (TRL num_iterations / verl ppo_mini_batch): the batch's
+    # problems are split into this many mini-batches, one update each (`update_on_rollouts`).
+    updates_per_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0 (the sampling one)")
+        if self.updates_per_batch < 1:
+            raise ValueError(f"updates_per_batch={self.updates_per_batch} must be >= 1")
 
 
 @flax.struct.dataclass
@@ -94,7 +106,9 @@ def microbatch_loss(
     """Weighted loss sum of one micro-batch and its metric (sum, count) pieces."""
     spec = get_loss(cfg.loss.name)
     hidden = forward(config, params, mb.tokens, mb.positions, return_hidden=True)[0]
-    lp, ent = logps_from_hidden(config, params, hidden, mb.tokens, chunk=cfg.logit_chunk)
+    lp, ent = logps_from_hidden(
+        config, params, hidden, mb.tokens, chunk=cfg.logit_chunk, temperature=cfg.temperature
+    )
     distill_kl = None
     if spec.needs_teacher:
         if mb.teacher_tokens is None:
@@ -110,7 +124,10 @@ def microbatch_loss(
     m = mb.completion_mask > 0
     adv = jnp.broadcast_to(mb.advantages[:, None], lp.shape)
     old = jnp.where(m, mb.old_logps, 0.0)
-    inputs = TokenInputs(logps=lp, old_logps=old, advantages=adv, distill_kl=distill_kl)
+    inputs = TokenInputs(
+        logps=lp, old_logps=old, advantages=adv, distill_kl=distill_kl,
+        mask=m.astype(jnp.float32),
+    )  # fmt: skip
     per_token, clipped = spec.fn(inputs, cfg.loss)
     kl = kl_estimate(lp, mb.ref_logps, cfg.loss.kl_estimator)
     if cfg.loss.kl_coef > 0:
@@ -317,18 +334,22 @@ def make_logps_fn(
     *,
     chunk: int = 128,
     rules: sharding.Rules = sharding.TRAIN_RULES,
+    temperature: float = 1.0,
 ) -> Callable[[Any, Any, Any, Any], jax.Array]:
     """Jitted `(params, tokens, positions, completion_mask) -> logps f32[B, S]` (0 off-mask).
 
-    Used for `RLBatch.ref_logps` (base policy, for the KL penalty) or to recompute old log-probs.
+    Used for `RLBatch.ref_logps` (base policy, for the KL penalty: pass the train step's
+    `temperature` so both sides of the estimator are the same distribution) or to recompute old
+    log-probs.
     """
     p_shard = sharding.param_shardings(model_config, mesh, rules)
     b_shard = sharding.batch_sharding(mesh)
 
     def fn(params, tokens, positions, mask):
         lp, _ = token_logps(
-            model_config, params, tokens, positions, chunk=chunk, with_entropy=False
-        )
+            model_config, params, tokens, positions, chunk=chunk, with_entropy=False,
+            temperature=temperature,
+        )  # fmt: skip
         return jnp.where(mask > 0, lp, 0.0)
 
     return jax.jit(fn, in_shardings=(p_shard, b_shard, b_shard, b_shard), out_shardings=b_shard)
@@ -337,3 +358,50 @@ def make_logps_fn(
 def host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
     """The one deliberate host sync per step."""
     return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def update_on_rollouts(
+    train_step: TrainStep,
+    state: TrainState,
+    rollouts: dict[str, Any],
+    rewards: Any,
+    group_ids: Any,
+    **batch_kwargs: Any,
+) -> tuple[TrainState, list[dict[str, float]], dict[str, float]]:
+    """`RLConfig.updates_per_batch` optimizer updates on one rollout batch.
+
+    The problems (whole groups, in order) are split into U equal mini-batches; each becomes its
+    own `RLBatch` (advantages per group are unchanged by the split; aggregation weights are
+    normalised within the mini-batch, as in verl/TRL) and gets one update. After the first
+    update π_θ ≠ π_old, which is where CISPO's truncated weight (and the PPO/GSPO clips) act.
+    `rollouts` holds tokens / positions / completion_mask / logps and optionally ref_logps and
+    teacher (a 3-tuple of [B, ...] arrays). Returns (state, per-update host metrics, summed
+    make_batch stats).
+    """
+    u = train_step.rl_config.updates_per_batch
+    gids = np.asarray(group_ids)
+    uniq = np.unique(gids)
+    if len(uniq) % u:
+        raise ValueError(
+            f"rl.updates_per_batch={u} must divide the {len(uniq)} problems of the batch "
+            "(whole groups per mini-batch); change rl.batch_size or rl.updates_per_batch"
+        )
+    per = len(uniq) // u
+    metrics, stats_sum = [], {}
+    for k in range(u):
+        rows = np.nonzero(np.isin(gids, uniq[k * per : (k + 1) * per]))[0]
+        take = lambda x: None if x is None else np.asarray(x)[rows]  # noqa: E731
+        teacher = rollouts.get("teacher")
+        batch, stats = make_batch(
+            take(rollouts["tokens"]), take(rollouts["positions"]),
+            take(rollouts["completion_mask"]), take(rollouts["logps"]),
+            None if rewards is None else take(rewards), gids[rows],
+            ref_logps=take(rollouts.get("ref_logps")),
+            teacher=None if teacher is None else tuple(take(t) for t in teacher),
+            **batch_kwargs,
+        )  # fmt: skip
+        state, m = train_step(state, batch)
+        metrics.append(host_metrics(m))
+        for key, v in stats.items():
+            stats_sum[key] = stats_sum.get(key, 0.0) + v
+    return state, metrics, stats_sum

@@ -38,7 +38,7 @@ class DecodeState:
     prompt_len: jax.Array  # int32[B]
     gen: jax.Array  # int32[B, Tg] generated tokens (pad after a row stops)
     logps: jax.Array  # f32[B, Tg] log-probs under the sampling distribution
-    raw_logps: jax.Array  # f32[B, Tg] log-probs under the raw model (T=1, no truncation)
+    raw_logps: jax.Array  # f32[B, Tg] log-probs at the temperature, untruncated (π_old)
     gen_len: jax.Array  # int32[B] tokens generated, including the stop token
     done: jax.Array  # bool[B] row emitted a stop token
     last: jax.Array  # int32[B] last generated token (input of the next step)

@@ -46,7 +46,8 @@ class Rollouts:
     """Sampler output in the RL training layout ([B, S]; see `engine.training_layout`).
 
     `logps` are under the sampling distribution (temperature/top-k/top-p; raw for greedy),
-    `raw_logps` under the unmodified model (T=1). `finished[b]`: row b emitted a stop token
+    `raw_logps` under the model at the sampling temperature without truncation (the RL π_old,
+    see `select.py`). `finished[b]`: row b emitted a stop token
     (False = cut at max_new_tokens). `texts` are the completions decoded without specials.
     """
 

@@ -7,8 +7,12 @@ Two log-probs come back for every selected token, and they mean different things
                log-prob, i.e. the "old" log-prob of CISPO/PPO importance ratios when the trainer
                applies the same temperature/truncation. For `greedy` the sampling distribution
                is degenerate (a point mass), so `logp` falls back to the raw log-prob below.
-* `raw_logp` — log-prob under the untouched model distribution (temperature 1, no truncation):
-               what a plain `log_softmax(forward(...))` gives, e.g. in the trainer.
+* `raw_logp` — log-prob under the temperature-scaled but untruncated model distribution,
+               `log_softmax(logits / temperature)`: exactly what the trainer computes (it scales
+               its logits by the sampling temperature, `rl.RLConfig.temperature`, as verl does),
+               so it is the RL π_old and an on-policy importance ratio is 1. Truncation (top-k /
+               top-p) is deliberately left out of π_old, as in verl and TRL. At temperature 1 (and
+               for greedy) it is the plain `log_softmax(forward(...))`.
 
 Sampling draws ONE uniform per row from a per-row key and inverts the CDF of the (truncated)
 distribution, which is far cheaper on CPU than a Gumbel draw over the whole vocabulary and keeps a
@@ -108,7 +112,8 @@ def select_tokens(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """logits [B, V] f32, keys [B] → (tokens int32[B], logp f32[B], raw_logp f32[B])."""
     logits = logits.astype(jnp.float32)
-    raw_all = jax.nn.log_softmax(logits, axis=-1)
+    scale = 1.0 if sampling.greedy else jnp.float32(sampling.temperature)
+    raw_all = jax.nn.log_softmax(logits / scale, axis=-1)
     if sampling.greedy:
         tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         raw = jnp.take_along_axis(raw_all, tokens[:, None], axis=-1)[:, 0]
