@@ -48,10 +48,10 @@ import jax
 import numpy as np
 
 from fst_jax import checkpoint as ckpt_lib
-from fst_jax import distributed, evaluation, metrics, rl, sampling, sharding
+from fst_jax import distributed, evaluation, metrics, rl, sampling, settings, sharding
 from fst_jax import gepa as gepa_lib
+from fst_jax.gepa.round import budget_warning
 from fst_jax.rows import RowShardedSampler, RowShardedTask
-from fst_jax.sampling.prompt_bank import spread_contexts
 from fst_jax.run_setup import (
     ConfigError,
     ProgressSampler,
@@ -62,6 +62,7 @@ from fst_jax.run_setup import (
     task_names,
     validate_config,
 )
+from fst_jax.sampling.prompt_bank import spread_contexts
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,10 @@ class DataStream:
         perm = np.random.default_rng([self.seed, p // n]).permutation(n)
         return self.examples[perm[p % n]]
 
+    def upcoming(self, n: int) -> list[Any]:
+        """Exactly the next n problems `take(n)` will return (duplicates kept), not consumed."""
+        return [self._at(self.position + i) for i in range(n)]
+
     def peek(self, n: int) -> list[Any]:
         """The next n problems without consuming them (the GEPA anchor lookahead); unique ids."""
         out, seen, p = [], set(), self.position
@@ -106,6 +111,29 @@ class DataStream:
         out = [self._at(self.position + i) for i in range(n)]
         self.position += n
         return out
+
+
+def cycle_plan(config: Any, cycle: int) -> tuple[str, int]:
+    """(task, RL steps) of `cycle`. A plain run: (its task, T). A stream: each task gets exactly
+    ``task.switch_every`` RL steps, in cycles of T that never straddle a switch (a stage's last
+    cycle is shorter when T does not divide switch_every), so every GEPA round works on the task
+    RL trains on next and a switch starts with a fresh round."""
+    names, t = task_names(config), config.rl.steps_per_cycle
+    if len(names) == 1:
+        return names[0], t
+    per_stage = -(-config.task.switch_every // t)
+    stage, k = divmod(cycle, per_stage)
+    if stage >= len(names):
+        raise ConfigError(
+            f"cycle {cycle} is past the stream's {len(names)} × {per_stage} cycles; set "
+            f"num_cycles={len(names) * per_stage}"
+        )
+    return names[stage], min(t, config.task.switch_every - k * t)
+
+
+def stream_cycles(config: Any) -> int:
+    """Cycles a task stream takes: len(stream) × ceil(switch_every / T)."""
+    return len(task_names(config)) * -(-config.task.switch_every // config.rl.steps_per_cycle)
 
 
 class Controller:
@@ -140,25 +168,33 @@ class Controller:
         self.model_config, params, self.tokenizer = model or load_model(c)
         self.key = jax.random.key(c.seed)
         self.T, self.G, self.K = c.rl.steps_per_cycle, c.rl.group_size, c.gepa.k
-        rl_cfg = rl.RLConfig(
-            loss=rl.LossConfig(name="fst_distill" if c.mode == "fst_distill" else c.rl.loss,
-                               tau=c.rl.tau, kl_coef=c.rl.kl_coef),
-            learning_rate=c.rl.lr, warmup_steps=c.rl.warmup_steps, b1=c.rl.b1, b2=c.rl.b2,
-            weight_decay=c.rl.weight_decay, max_grad_norm=c.rl.grad_clip or None,
-            num_microbatches=c.rl.micro_batches,
-        )  # fmt: skip
+        # Loss, advantage and GEPA settings are built field by field from the config
+        # (`fst_jax.settings`), so every field is a --config.x.y knob.
+        rl_cfg = settings.rl_config(c)
+        self.advantage_kwargs = (
+            {} if c.mode == "fst_distill" else settings.advantage_kwargs(c.rl, c.rl.advantage)
+        )
         self.train_step = rl.make_train_step(self.model_config, self.mesh, rl_cfg)
         self.measure_kl = rl.make_measure_kl(self.model_config, self.mesh)
-        self.ref_logps = rl.make_logps_fn(self.model_config, self.mesh) if c.rl.kl_coef else None
+        self.ref_logps = (
+            rl.make_logps_fn(self.model_config, self.mesh, temperature=rl_cfg.temperature)
+            if c.rl.kl_coef
+            else None
+        )
         if jax.process_count() > 1:  # multi-host (issue 8): host batches → global arrays
             self._globalize_inputs()
+        # π_base = the original base model: val/kl_to_base, quadrants, local reflection (frozen).
+        self.base_params, self.init_params = params, None
         if c.init_from:  # plasticity probe: this run starts from another run's weights
             abstract = ckpt_lib.abstract_like(params)
             step = None if c.init_from_step < 0 else c.init_from_step
             params, _ = ckpt_lib.restore_params(
                 c.init_from, abstract, step, keys=("train", "params")
             )
-        self.base_params = params  # π_base for KL, quadrants, local reflection (frozen)
+            self.init_params = params  # val/kl_to_init; the in-loss KL penalty's reference
+        # The weights the run starts from: the in-loss KL penalty ("KL to the starting weights")
+        # and mode gepa's frozen policy.
+        self.start_params = params
         self.state = self.train_step.init(params)
         self.sampler = ProgressSampler(
             RowShardedSampler(sampling.Sampler(self.model_config, self.tokenizer), self.rows),
@@ -183,9 +219,12 @@ class Controller:
             edit_mode=c.gepa.edit, **reflector_kwargs(c.gepa),
             lockstep=gepa_lib.jax_lockstep() if jax.process_count() > 1 else None,
         )  # fmt: skip
-        self.gepa_config = gepa_lib.GepaConfig(
-            minibatch_size=c.gepa.minibatch, rescore_budget=c.gepa.rescore
-        )
+        self.gepa_config = settings.gepa_config(c.gepa)
+        if c.mode in ("gepa", "fst", "fst_distill") and self.is_main:
+            rescore = c.gepa.k * c.gepa.anchor_size if c.gepa.rescore == "shared" else 0
+            warning = budget_warning(c.gepa.budget, c.gepa.anchor_size, c.gepa.minibatch, rescore)
+            if warning:
+                log.warning(warning)
         # Host-side run state (all of it goes into the checkpoint's JSON item).
         self.step, self.cycle = 0, 0
         self.positions = {n: 0 for n in self.tasks}
@@ -194,6 +233,7 @@ class Controller:
         )
         self.exported: list[str] = [self._seed_prompt(task_names(c)[0])]
         self.running_max = evaluation.RunningMax()
+        self.task_running_max = {n: evaluation.RunningMax() for n in self.tasks}
         self.last_eval: dict[str, Any] = {}
         self.first_eval: dict[str, Any] = {}
         self.checkpointer = ckpt_lib.Checkpointer(
@@ -258,6 +298,8 @@ class Controller:
         self.population = gepa_lib.PopulationState.from_json(h["population"])
         self.exported = list(h["exported"])
         self.running_max = evaluation.RunningMax(h["running_max"])
+        for n, v in h.get("task_running_max", {}).items():
+            self.task_running_max[n] = evaluation.RunningMax(v)
         self.last_eval, self.first_eval = h["last_eval"], h["first_eval"]
         if self.is_main:  # drop records written after this checkpoint (they will be redone)
             metrics.truncate_jsonl(path, h["metrics_offset"])
@@ -274,6 +316,7 @@ class Controller:
             step=self.step, cycle=self.cycle, positions=self.positions,
             population=self.population.to_json(), exported=self.exported,
             running_max=self.running_max.value, last_eval=self.last_eval,
+            task_running_max={n: r.value for n, r in self.task_running_max.items()},
             first_eval=self.first_eval, metrics_offset=self.writer.offset(),
         )  # fmt: skip
         state = {"train": self.state, "rng": ckpt_lib.key_to_data(self.key)}
@@ -293,13 +336,14 @@ class Controller:
             total=c.num_cycles, initial=self.cycle, desc="FST cycles", enabled=c.progress
         )
         while self.cycle < c.num_cycles:
-            task_name = self._task_at(self.step)
+            task_name, n_steps = cycle_plan(c, self.cycle)
             task, stream = self.tasks[task_name], self._stream(task_name)
             # 1) fast weights: a GEPA round on the frozen policy, then top-K into the bank.
             if c.mode in ("gepa", "fst", "fst_distill"):
-                self._gepa_round(task, stream)
-            # 2) slow weights: T RL steps with G rollouts per problem over the K contexts.
-            for _ in range(self.T):
+                self._gepa_round(task_name, stream, n_steps)
+            # 2) slow weights: T RL steps (fewer only where a stream stage ends mid-cycle) with
+            # G rollouts per problem over the K contexts.
+            for _ in range(n_steps):
                 if c.mode == "gepa":  # frozen weights: consume the same data, keep the x-axis
                     stream.take(c.rl.batch_size)
                     self.step += 1
@@ -324,27 +368,48 @@ class Controller:
         self.writer.close()
         return summary
 
-    def _task_at(self, step: int) -> str:
-        names = task_names(self.config)
-        if len(names) == 1:
-            return names[0]
-        return names[min(step // self.config.task.switch_every, len(names) - 1)]
+    def _train_split(self, task_name: str) -> tuple[list[Any], list[Any]]:
+        """(RL problems, held-out GEPA anchor pool): the pool is empty for gepa.anchors=lookahead;
+        for `disjoint` it is a seeded slice of gepa.disjoint_size train problems the RL stream
+        never sees (the answer-leak control)."""
+        train = list(self.tasks[task_name].examples("train"))
+        g = self.config.gepa
+        if g.anchors != "disjoint":
+            return train, []
+        n = g.disjoint_size or g.anchor_size
+        if n >= len(train):
+            raise ConfigError(
+                f"gepa.disjoint_size={n} (0 = gepa.anchor_size) holds out all {len(train)} train "
+                f"problems of {task_name!r}; lower it (or gepa.anchor_size) below the train size"
+            )
+        held = set(np.random.default_rng([self.config.seed, 12]).permutation(len(train))[:n])
+        return [e for i, e in enumerate(train) if i not in held], [
+            e for i, e in enumerate(train) if i in held
+        ]
 
     def _stream(self, task_name: str) -> DataStream:
         return DataStream(
-            self.tasks[task_name].examples("train"), self.config.seed, self.positions[task_name]
+            self._train_split(task_name)[0], self.config.seed, self.positions[task_name]
         )
 
-    def _gepa_round(self, task: Any, stream: DataStream) -> None:
+    def _anchors(self, task_name: str, stream: DataStream) -> list[Any]:
+        g = self.config.gepa
+        if g.anchors != "disjoint":  # the paper's lookahead: the next anchor_size RL problems
+            return stream.peek(g.anchor_size)
+        pool = self._train_split(task_name)[1]  # rotates through the held-out slice
+        return DataStream(pool, self.config.seed, self.cycle * g.anchor_size).peek(g.anchor_size)
+
+    def _gepa_round(self, task_name: str, stream: DataStream, n_steps: int) -> None:
         c = self.config.gepa
-        anchors = stream.peek(c.anchor_size)
+        task = self.tasks[task_name]
+        anchors = self._anchors(task_name, stream)
         by_id = {ex.id: ex for ex in anchors}
         calls, overlong = [0], [0]
         carried = len(self.population.exported_ids) or len(self.population.candidates)
         bar = progress(c.budget + carried * len(anchors), 0, f"GEPA round {self.cycle}",
                         self.config.progress, unit="rollout")  # fmt: skip
         self.sampler.phase = "gepa"
-        params = self.base_params if self.config.mode == "gepa" else self.state.params
+        params = self.start_params if self.config.mode == "gepa" else self.state.params
 
         def evaluate(cids: list[int], eids: list[str]):
             """ONE sampler call for all (candidate, example) pairs (zipped)."""
@@ -392,6 +457,11 @@ class Controller:
         bar.close()
         top = gepa_lib.export_top_k(self.population, self.K)
         self.exported = [e.text for e in top]
+        # How many of the problems RL trains on next have their gold answer in an exported context.
+        upcoming = stream.upcoming(n_steps * self.config.rl.batch_size)
+        leak, checked = evaluation.answer_leak(
+            self.exported, [ex.gold for ex in upcoming], self.config.gepa.leak_min_chars
+        )
         # Lockstep check (one 32-byte all-gather): hosts that disagree would train on different
         # contexts; fail here, naming it, rather than diverge silently.
         distributed.assert_same_across_processes(self.population.to_json(), "the GEPA population")
@@ -404,6 +474,8 @@ class Controller:
             "time/gepa_round_s": time.time() - t0,
             "gepa/cycle": self.cycle,
             "gepa/overlong_rollouts": overlong[0],
+            "gepa/answer_leak": leak,
+            "gepa/answer_leak_checked": checked,
         })  # fmt: skip
         self.writer.write(self.step, m)
 
@@ -427,19 +499,27 @@ class Controller:
         rewards = np.asarray([v.reward for v in verdicts], np.float32)
         # Whole batch on every host, its all-padding column tail trimmed (RowShardedSampler);
         # the train step's inputs become global arrays holding only each host's shards.
-        tokens, positions, mask, logps = out.tokens, out.positions, out.completion_mask, out.logps
-        teacher = self._teacher_view(bank, ctx_slot, rows, out) if distill else None
-        ref = None
+        # π_old = the sampler's log-prob at the sampling temperature without top-k/top-p
+        # truncation, which is what the train step computes (RLConfig.temperature): on-policy
+        # ρ = 1 (sampling/select.py).
+        tokens, positions, mask = out.tokens, out.positions, out.completion_mask
+        roll = {"tokens": tokens, "positions": positions, "completion_mask": mask,
+                "logps": out.raw_logps}  # fmt: skip
+        if distill:
+            roll["teacher"] = self._teacher_view(bank, ctx_slot, rows, out)
         if self.ref_logps is not None:
-            ref = np.asarray(self.ref_logps(self.base_params, tokens, positions, mask))
-        batch, stats = rl.make_batch(
-            tokens, positions, mask, logps, rewards, group_ids,
+            roll["ref_logps"] = np.asarray(
+                self.ref_logps(self.start_params, tokens, positions, mask)
+            )
+        self.state, per_update, stats = rl.update_on_rollouts(
+            self.train_step, self.state, roll, rewards, group_ids,
             advantage=None if distill else c.rl.advantage, aggregation=c.rl.aggregation,
-            group_size=G, ref_logps=ref, teacher=teacher,
+            group_size=G, advantage_kwargs=self.advantage_kwargs,
             max_completion_len=c.sampling.max_new_tokens,  # token_sum_norm's budget
         )  # fmt: skip
-        self.state, dev_metrics = self.train_step(self.state, batch)
-        tm = rl.host_metrics(dev_metrics)
+        tm = {k: float(np.mean([u[k] for u in per_update])) for k in per_update[0]}
+        tm.update({k: per_update[-1][k] for k in ("skipped_total", "learning_rate")})
+        tm["updates"] = len(per_update)
         self.step += 1
         lengths = np.asarray(out.completion_lengths)
         m = {f"train/{k}": v for k, v in tm.items()}
@@ -483,19 +563,41 @@ class Controller:
         return tok, pos, msk
 
     def _evaluate(self, final: bool) -> dict[str, Any]:
+        """Validation of every task of the run (one for a plain run; the whole stream for a
+        continual run, keys ``val/<task>/…``, each with its own running max)."""
         c = self.config
-        task = self.tasks[self._task_at(max(self.step - 1, 0))]
-        examples = task.examples("validation")[: c.eval.num_examples]
-        params = self.base_params if c.mode == "gepa" else self.state.params
+        names = task_names(c)
+        params = self.start_params if c.mode == "gepa" else self.state.params
         self.sampler.phase = "eval"
-        m = evaluation.validate(
-            sampler=self.sampler, params=params, base_params=self.base_params, bank=self.bank,
-            best_context=self.exported[0], seed_context=self._seed_prompt(task_names(c)[0]),
-            examples=examples, task=task, k=c.eval.k, kl_examples=c.eval.kl_examples,
-            key=_fold(self.key, _TAG_EVAL, self.step), sampling=self.sampling,
-            measure_kl=self.measure_kl, running_max=self.running_max,
-            quadrants=final and c.eval.quadrants, row_multiple=self.row_multiple,
-        )  # fmt: skip
+        per_task = {}
+        for i, name in enumerate(names):
+            task = self.tasks[name]
+            per_task[name] = evaluation.validate(
+                sampler=self.sampler, params=params, base_params=self.base_params,
+                bank=self.bank, best_context=self.exported[0],
+                seed_context=self._seed_prompt(name),
+                examples=task.examples("validation")[: c.eval.num_examples], task=task,
+                k=c.eval.k, kl_examples=c.eval.kl_examples,
+                key=_fold(self.key, _TAG_EVAL, self.step, *([i] if len(names) > 1 else [])),
+                sampling=self.sampling,
+                measure_kl=self.measure_kl,
+                running_max=self.task_running_max[name] if len(names) > 1 else self.running_max,
+                quadrants=final and c.eval.quadrants, row_multiple=self.row_multiple,
+                init_params=self.init_params,
+            )  # fmt: skip
+        if len(names) == 1:
+            m = per_task[names[0]]
+        else:
+            m = {}
+            for name, tm in per_task.items():
+                m.update(evaluation.task_prefixed(tm, name))
+            k = c.eval.k
+            m.update(evaluation.stream_mean(per_task, [
+                f"val/mean@{k}", f"val/mean@{k}_no_context", evaluation.KL_KEY,
+                evaluation.KL_INIT_KEY, "val/kl_k1", "val/kl_k3",
+            ]))  # fmt: skip
+            m[f"val/mean@{k}_running_max"] = self.running_max.update(m[f"val/mean@{k}"])
+            m["val/task"] = cycle_plan(c, max(self.cycle - 1, 0))[0]  # the task being trained
         self.writer.write(self.step, m)
         return m
 

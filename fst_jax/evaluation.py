@@ -8,8 +8,15 @@
 * ``val/kl_to_base``: KL(π_θ ‖ π_base) on held-out prompts, without context ("slow-weight
   displacement", paper §2.5): completions are sampled from π_θ and the exact full-vocabulary
   per-token KL is averaged over their tokens (``k1``/``k3`` Monte-Carlo estimates logged too).
+  π_base is always the run's original base model, also in a plasticity run (``init_from``);
+  there ``val/kl_to_init`` adds the KL to the loaded starting weights.
 * Quadrants (paper P-v2 ``indist_quadrants``): {base, trained} weights × {seed, trained}
   context, mean@k each.
+* Task streams (continual learning, paper Fig. 6): every task of the stream is evaluated at
+  every evaluation under ``val/<task>/…`` with its own running max (`task_prefixed`);
+  ``val/mean@k`` is then the mean over the stream's tasks, so it keeps one meaning across switches.
+* ``gepa/answer_leak`` (`answer_leak`): the fraction of upcoming RL problems whose gold answer
+  appears verbatim in an exported context (GEPA's feedback shows gold answers).
 
 Everything samples through one :class:`fst_jax.sampling.Sampler` call per (weights, context)
 setting; the bank passed in has fixed shapes, so evaluations never recompile the sampler.
@@ -27,6 +34,7 @@ import numpy as np
 from fst_jax.sampling import PromptBank, Sampler, SamplingParams
 
 KL_KEY = "val/kl_to_base"
+KL_INIT_KEY = "val/kl_to_init"
 
 
 @dataclasses.dataclass
@@ -132,6 +140,7 @@ def validate(
     running_max: RunningMax,
     quadrants: bool = False,
     row_multiple: int = 1,
+    init_params: Any = None,
 ) -> dict[str, Any]:
     """One evaluation: mean@k (best context, no context), running max, KL, optional quadrants.
 
@@ -156,6 +165,9 @@ def validate(
         n_kl = min(kl_examples, len(examples))
         first = _first_sample_rows(none.rollouts, n_kl, k)
         m.update(kl_to_base(measure_kl, params, base_params, first, n_kl, row_multiple))
+        if init_params is not None:  # plasticity run: also the KL to its starting weights
+            kl_init = kl_to_base(measure_kl, params, init_params, first, n_kl, row_multiple)
+            m[KL_INIT_KEY] = kl_init[KL_KEY]
     if quadrants:
         # base weights × {seed, trained} context; trained weights' cells are the runs above,
         # except trained weights × seed context.
@@ -184,3 +196,44 @@ def _first_sample_rows(rollouts: Any, n: int, k: int) -> Any:
         positions=get(rollouts.positions),
         completion_mask=get(rollouts.completion_mask),
     )
+
+
+def task_prefixed(metrics: dict[str, Any], task: str) -> dict[str, Any]:
+    """``val/x`` → ``val/<task>/x``: one task's evaluation inside a stream's."""
+    return {f"val/{task}/{k.removeprefix('val/')}": v for k, v in metrics.items()}
+
+
+def stream_mean(per_task: dict[str, dict[str, Any]], keys: Sequence[str]) -> dict[str, float]:
+    """Mean over the stream's tasks of each of `keys` present in every task's metrics."""
+    out = {}
+    for key in keys:
+        vals = [m[key] for m in per_task.values() if key in m]
+        if vals and len(vals) == len(per_task):
+            out[key] = float(np.mean(vals))
+    return out
+
+
+def _contains_verbatim(text: str, answer: str) -> bool:
+    """`answer` occurs in `text` not glued to a letter/digit on either side."""
+    import re
+
+    pat = r"(?<![0-9A-Za-z])" + re.escape(answer) + r"(?![0-9A-Za-z])"
+    return re.search(pat, text) is not None
+
+
+def answer_leak(
+    contexts: Sequence[str], golds: Sequence[Any], min_chars: int = 3
+) -> tuple[float, float]:
+    """(leaked, checked): fractions of `golds` that appear verbatim in some context, and that were
+    long enough (>= `min_chars` after strip) to check at all; shorter golds (a letter, one digit)
+    would match by chance, so they count as not leaked and lower `checked`."""
+    if not golds:
+        return 0.0, 0.0
+    leaked = checked = 0
+    for gold in golds:
+        g = str(gold).strip() if gold is not None else ""
+        if len(g) < min_chars:
+            continue
+        checked += 1
+        leaked += any(_contains_verbatim(c, g) for c in contexts)
+    return leaked / len(golds), checked / len(golds)

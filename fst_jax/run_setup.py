@@ -21,6 +21,7 @@ import numpy as np
 
 from fst_jax import gepa as gepa_lib
 from fst_jax import sampling
+from fst_jax import settings as _settings  # noqa: F401  (registers the "method" config check)
 from fst_jax.config_checks import MODES, config_check, task_names, validate_config
 from fst_jax.errors import ConfigError
 

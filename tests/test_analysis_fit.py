@@ -21,6 +21,38 @@ def test_sigmoid_fit_recovers_known_asymptote():
     np.testing.assert_allclose(fit(c), r, atol=0.01)
 
 
+def _curve(c, r0, a, b, c_mid):
+    return r0 + (a - r0) / (1 + (c_mid / c) ** b)
+
+
+def test_asymptote_is_not_floored_at_the_luckiest_evaluation():
+    """Noisy plateau: max(R) lies ABOVE the true A; the fit must not be pulled up to max(R)."""
+    truth = dict(r0=0.05, a=0.40, b=2.0, c_mid=60.0)
+    c = np.arange(20, 1220, 40, dtype=float)  # mostly on the plateau
+    errs = []
+    for seed in range(8):
+        noisy = _curve(c, **truth) + np.random.default_rng(seed).normal(0, 0.03, size=c.shape)
+        assert noisy.max() > truth["a"] + 0.02  # the luckiest evaluation overshoots A
+        fit = analysis.fit_sigmoid(c, noisy, seed=seed)
+        assert fit.a < noisy.max() - 0.01  # a max(R) lower bound would force fit.a >= max
+        errs.append(fit.a - truth["a"])
+    # Unbiased to within noise: mean error within 3 standard errors of 0, each within 0.03.
+    errs = np.asarray(errs)
+    assert abs(errs.mean()) < 3 * errs.std(ddof=1) / np.sqrt(len(errs)) + 1e-3
+    assert np.all(np.abs(errs) < 0.03)
+
+
+def test_asymptote_is_extrapolated_when_every_point_lies_below_it():
+    """Curve still rising at the last evaluation: max(R) lies BELOW A; the fit extrapolates."""
+    truth = dict(r0=0.10, a=0.60, b=1.5, c_mid=400.0)
+    c = np.arange(10, 1210, 40, dtype=float)
+    for seed in range(4):
+        noisy = _curve(c, **truth) + np.random.default_rng(10 + seed).normal(0, 0.005, c.shape)
+        assert noisy.max() < truth["a"] - 0.05
+        fit = analysis.fit_sigmoid(c, noisy, seed=seed)
+        assert abs(fit.a - truth["a"]) < 0.04 and fit.a > noisy.max()
+
+
 def test_sigmoid_fit_rejects_bad_input():
     with pytest.raises(ValueError, match="at least 5 points"):
         analysis.fit_sigmoid([0, 1, 2], [0.1, 0.2, 0.3])

@@ -27,5 +27,5 @@ def test_the_old_n3_g8_case_is_now_3_3_2():
 
 @pytest.mark.parametrize(("g", "n"), [(4, 5), (8, 0), (0, 0)])
 def test_impossible_spread_names_the_fix(g, n):
-    with pytest.raises(ValueError, match="gepa.k"):
+    with pytest.raises(ValueError, match=r"gepa\.k"):
         spread_contexts(g, n)

@@ -105,10 +105,13 @@ def test_round_matches_gepa_optimize(n, seed, salt):
     if first_drop is None:
         assert o_calls == g_calls[: len(o_calls)]
     else:
-        upto = sum(
-            1 if r.decision.startswith("skipped") else 2 if r.decision != "accepted" else 3
-            for r in report.records[: first_drop + 1]
-        ) + 1  # + the seed's anchor evaluation
+        upto = (
+            sum(
+                1 if r.decision.startswith("skipped") else 2 if r.decision != "accepted" else 3
+                for r in report.records[: first_drop + 1]
+            )
+            + 1
+        )  # + the seed's anchor evaluation
         assert o_calls[:upto] == g_calls[:upto]
     assert report.calls_used <= budget
     assert report.calls_used == sum(len(c[1]) for c in o_calls)
@@ -352,7 +355,7 @@ def test_paper_budget_is_spent_never_exceeded():
     """960 calls over 192 anchors, minibatch 3 (paper App. D): >= 97 % used, never over."""
     for seed, salt in [(0, "p"), (1, "q"), (2, "r")]:
         replies = [fenced(f"Paper context v{k} ({salt}).") for k in range(400)]
-        calls, state, report = _ours_run(192, seed, 960, replies, salt)
+        calls, _, report = _ours_run(192, seed, 960, replies, salt)
         assert 0.97 * 960 <= report.calls_used <= 960
         assert report.calls_used == sum(len(c[1]) for c in calls)
         # Each drop is a child that passed its minibatch when its anchor scoring no longer fit.

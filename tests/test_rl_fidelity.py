@@ -33,9 +33,7 @@ def rollouts(params):
     bank = build_bank(tok, ["Be brief.", "Think."], max_prompts=4, max_len=48)
     sp = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=12)
     tasks = [TASKS[0]] * 4 + [TASKS[1]] * 4
-    out = Sampler(CFG, tok).sample(
-        params, bank, [0, 0, 1, 1] * 2, tasks, jax.random.PRNGKey(5), sp
-    )
+    out = Sampler(CFG, tok).sample(params, bank, [0, 0, 1, 1] * 2, tasks, jax.random.PRNGKey(5), sp)
     return out
 
 

@@ -35,14 +35,25 @@ ABLATIONS = {
     "kl1e-2": {"rl.kl_coef": 1e-2},
     # loss / advantage registries
     "grpo_loss": {"rl.loss": "grpo"},
+    "gspo": {
+        "rl.loss": "gspo",
+        "rl.aggregation": "sequence_mean",
+        "rl.eps_low": 3e-4,
+        "rl.eps_high": 4e-4,
+    },  # GSPO paper's clip range
     "rloo": {"rl.advantage": "rloo"},
+    # several optimizer updates per rollout batch: where CISPO's truncation acts
+    "U2": {"rl.updates_per_batch": 2},
+    "U4": {"rl.updates_per_batch": 4},
+    # GEPA anchors held out from the RL stream (answer-leak control)
+    "disjoint_anchors": {"gepa.anchors": "disjoint", "gepa.disjoint_size": 960},
 }
 
 
 def get_config(arg: str = "codeio,rl"):
     experiment, *names = [a.strip() for a in arg.split(",") if a.strip()]
     c = fst_paper.get_config(experiment)
-    steps = c.num_cycles * c.rl.steps_per_cycle
+    steps = fst_paper.EXPERIMENTS[experiment]["steps"]
     for name in names:
         if name not in ABLATIONS:
             import difflib
@@ -56,5 +67,5 @@ def get_config(arg: str = "codeio,rl"):
             for p in path:
                 node = node[p]
             node[leaf] = value
-    c.num_cycles = max(1, steps // c.rl.steps_per_cycle)  # same RL steps when T changes
+    c.num_cycles = fst_paper.cycles_for(c, steps)  # same RL steps when T changes (rounded up)
     return c

@@ -13,6 +13,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mode = "fst"  # rl (slow only) | gepa (fast only) | fst | fst_distill
     c.seed = 0
     c.num_cycles = 100  # one cycle = one GEPA round + rl.steps_per_cycle RL steps
+    # (a task stream takes exactly len(stream) × ceil(task.switch_every / T) cycles)
     c.resume = "auto"  # auto: continue this run's checkpoints | force: accept another run's | never
     c.init_from = ""  # plasticity probe: a workdir whose latest params start this (fresh) run
     c.init_from_step = -1  # -1 = latest step of init_from
@@ -40,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.kwargs = ml_collections.ConfigDict()  # forwarded to fst_jax.tasks.get_task
     # Continual run: comma-separated task names, switching every `switch_every` RL steps.
     c.task.stream = ""
-    c.task.switch_every = 0
+    c.task.switch_every = 0  # exact RL steps per task; every task is evaluated at every eval
     c.task.seed_prompt = ""  # '' = the task's own seed prompt
     c.task.agnostic_seed_prompt = (
         "Solve the problem. Think step by step, check your work, and give the final answer in "
@@ -59,10 +60,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.steps_per_cycle = 6  # T
     c.rl.batch_size = 32  # problems per RL step
     c.rl.group_size = 8  # G rollouts per problem
-    c.rl.loss = "cispo"  # registry: cispo | grpo | dr_grpo
+    c.rl.loss = "cispo"  # registry: cispo | grpo | dr_grpo | gspo
     c.rl.advantage = "grpo"  # registry: grpo | rloo | dr_grpo
-    c.rl.aggregation = "prompt_token_mean"
+    c.rl.advantage_std = "sample"  # grpo: sample (ddof 1, verl) | population (ddof 0)
+    c.rl.advantage_eps = 1e-6  # grpo: (r - mean) / (std + eps)
+    c.rl.advantage_scale = True  # grpo: False = centre only (Dr. GRPO)
+    c.rl.aggregation = "prompt_token_mean"  # | token_mean | sequence_mean | token_sum_norm
     c.rl.tau = 4.0  # CISPO IS-weight upper truncation (eps_high = 3)
+    c.rl.clip_low = 0.0  # CISPO lower clip of the IS weight (0 = none, the paper's)
+    c.rl.eps_low = 0.2  # PPO / GSPO clip range (grpo, dr_grpo, gspo losses)
+    c.rl.eps_high = 0.2
+    c.rl.kl_estimator = "k3"  # in-loss KL penalty estimator: k1 | k2 | k3
+    # Optimizer updates per rollout batch, each on 1/U of the problems (verl ppo_mini_batch,
+    # TRL num_iterations); 1 = the paper's (π_old = π_θ, so CISPO's ρ = 1).
+    c.rl.updates_per_batch = 1
     c.rl.lr = 1e-6
     c.rl.warmup_steps = 10
     c.rl.b1 = 0.9
@@ -71,13 +82,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.grad_clip = 0.0  # 0 = off (paper states none)
     c.rl.kl_coef = 0.0  # paper lists 0.001; off by default
     c.rl.micro_batches = 1
+    c.rl.adam_eps = 1e-8
+    c.rl.logit_chunk = 128  # sequence positions per chunk of the trainer's vocab projection
 
     c.gepa = ml_collections.ConfigDict()
     c.gepa.k = 4  # contexts exported to the bank per cycle (K); G/K rollouts each
     c.gepa.budget = 960  # metric calls per cycle (paper: 960 over 192 anchors)
     c.gepa.anchor_size = 192  # anchor set = the next anchor_size training problems (lookahead)
+    # lookahead: the next anchor_size RL problems (paper) | disjoint: a held-out slice of train
+    # (disjoint_size problems, 0 = anchor_size) the RL stream never sees; gepa/answer_leak
+    # measures how often exported contexts carry the next RL problems' gold answers.
+    c.gepa.anchors = "lookahead"
+    c.gepa.disjoint_size = 0
+    c.gepa.leak_min_chars = 3  # golds shorter than this are too generic to count as leaked
     c.gepa.minibatch = 3
     c.gepa.rescore = "separate"  # separate: re-scoring carried prompts is outside the budget
+    c.gepa.carry = "exported"  # re-scored + evolved each round: exported | all | <n exported>
+    c.gepa.acceptance = "strict_improvement"  # | improvement_or_equal
+    c.gepa.candidate_selection = "pareto"  # | current_best
+    c.gepa.perfect_score = 1.0
+    c.gepa.skip_perfect_score = True  # skip reflection when the parent aces its minibatch
+    c.gepa.max_rollout_chars = 4000  # per example in the reflective dataset
+    c.gepa.max_consecutive_skips = 8  # end a round after this many unusable reflections (0 = off)
     c.gepa.edit = "incremental"  # incremental | rewrite
     c.gepa.reflection_lm = "openai"  # local | openai
     c.gepa.reflection_model = "gpt-5.2"

@@ -21,10 +21,21 @@ EXPERIMENTS = {
     "hover_hard": dict(task="hover_hard", batch=32, steps=1000),
     "hover": dict(task="hover", batch=32, steps=600),
     "physics": dict(task="physics", batch=32, steps=600),
-    "star_graph": dict(task="star_graph", batch=32, steps=300),
+    # hard size: base reward 0 is the experiment's premise (an 8B model solves "easy")
+    "star_graph": dict(task="star_graph", batch=32, steps=300, kwargs={"size": "paper_hard"}),
     "continual": dict(task="hover", batch=32, steps=600, stream="hover,codeio,physics", switch=200),
     "plasticity": dict(task="hover_hard", batch=32, steps=400, mode="rl"),
 }
+
+
+def cycles_for(c, steps: int) -> int:
+    """Cycles for `steps` RL steps: a stream takes len(stream) × ceil(switch_every / T) (every
+    stage exactly switch_every steps); otherwise ceil(steps / T), i.e. rounded UP to whole cycles
+    (1000 steps at T=6 → 167 cycles = 1002 steps, never truncated to 996)."""
+    if c.task.stream:
+        n = len([s for s in c.task.stream.split(",") if s.strip()])
+        return n * -(-c.task.switch_every // c.rl.steps_per_cycle)
+    return -(-steps // c.rl.steps_per_cycle)
 
 
 def get_config(experiment: str = "codeio"):
@@ -52,7 +63,7 @@ def get_config(experiment: str = "codeio"):
     c.rl.lr = 1e-6  # not recovered; SDPO-C uses 1e-5 for full fine-tuning [C]
     c.rl.warmup_steps = 10  # [S2]
     c.rl.kl_coef = 0.0  # 0.001 listed [S2]; enable with --config.rl.kl_coef=0.001
-    c.num_cycles = e["steps"] // c.rl.steps_per_cycle
+    c.num_cycles = cycles_for(c, e["steps"])
     c.gepa.k = 4  # "light" recipe [S2]
     c.gepa.budget = 960  # [S2]
     c.gepa.anchor_size = 192  # = T x batch [S2]

@@ -133,15 +133,8 @@ class RoundReport:
             k: float(getattr(self, k))
             for k in ("calls_used", "total_calls", "rescore_calls", "iterations")
         }
-        m.update(
-            {
-                k: float(getattr(self, k))
-                for k in (
-                    "accepted", "rejected", "skipped_perfect", "skipped_lm", "unaffordable",
-                    "stopped_on_skips",
-                )
-            }  # fmt: skip
-        )
+        decisions = ("accepted", "rejected", "skipped_perfect", "skipped_lm", "unaffordable")
+        m.update({k: float(getattr(self, k)) for k in (*decisions, "stopped_on_skips")})
         m.update({f"skip/{k}": float(v) for k, v in self.skip_reasons.items()})
         return m
 
@@ -206,7 +199,11 @@ def _carried_ids(state: PopulationState, carry: str | int) -> list[int]:
 
 
 def budget_warning(
-    budget: int, num_anchors: int, minibatch_size: int, rescore_calls: int = 0, min_iterations: int = 3
+    budget: int,
+    num_anchors: int,
+    minibatch_size: int,
+    rescore_calls: int = 0,
+    min_iterations: int = 3,
 ) -> str | None:
     """A pre-flight message when `budget` cannot pay for `min_iterations` worst-case iterations.
 

@@ -3,10 +3,11 @@
 advantages  group-relative advantages (registry: grpo, dr_grpo, rloo), flat-group dropping,
             aggregation row weights
 batch       `RLBatch` (training layout + advantages + weights) and `make_batch`
-losses      per-token losses (registry: cispo, grpo, dr_grpo, fst_distill)
+losses      per-token losses (registry: cispo, grpo, dr_grpo, gspo, fst_distill)
 kl          k1/k2/k3 estimators and the jitted `measure_kl` monitor
 logprobs    chunked vocab projection: log-probs, entropy, full-vocab KL
-train_step  `make_train_step(model_config, mesh, rl_config)` → sharded jitted AdamW update
+train_step  `make_train_step(model_config, mesh, rl_config)` → sharded jitted AdamW update;
+            `update_on_rollouts` = rl_config.updates_per_batch updates on one rollout batch
 """
 
 from fst_jax.rl.advantages import (
@@ -30,6 +31,7 @@ from fst_jax.rl.train_step import (
     make_logps_fn,
     make_optimizer,
     make_train_step,
+    update_on_rollouts,
 )
 
 __all__ = [
@@ -57,5 +59,6 @@ __all__ = [
     "register_loss",
     "row_weights",
     "token_logps",
+    "update_on_rollouts",
     "validate_batch",
 ]

@@ -390,7 +390,7 @@ def update_on_rollouts(
     metrics, stats_sum = [], {}
     for k in range(u):
         rows = np.nonzero(np.isin(gids, uniq[k * per : (k + 1) * per]))[0]
-        take = lambda x: None if x is None else np.asarray(x)[rows]  # noqa: E731
+        take = lambda x, rows=rows: None if x is None else np.asarray(x)[rows]  # noqa: E731
         teacher = rollouts.get("teacher")
         batch, stats = make_batch(
             take(rollouts["tokens"]), take(rollouts["positions"]),

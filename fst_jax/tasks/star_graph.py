@@ -10,6 +10,7 @@ match after removing spaces. Sizes go from easy to the zero-reward hard settings
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 from fst_jax.tasks.base import Example, Task, Verdict, example_id, register_task, split_of
@@ -31,6 +32,19 @@ PROMPT = (
     "graph is {edges}. The source node is {source}. The destination node is {goal}. "
     "Please reason step by step, and put your final answer within \\boxed{{}}."
 )
+
+
+def distinct_questions(degree: int, path_len: int, num_nodes: int) -> int:
+    """How many different prompts the generator can write: labelled graphs (source, gold path,
+    decoy arms; arms are interchangeable) × orders of the shuffled edge list."""
+    need = 1 + degree * (path_len - 1)
+    edges = degree * (path_len - 1)
+    return math.perm(num_nodes, need) // math.factorial(degree - 1) * math.factorial(edges)
+
+
+DEFAULT_SIZES = {"train": 4096, "validation": 256, "test": 256}
+SPLIT_SHARE = {"train": 0.9, "validation": 0.05, "test": 0.05}  # base._SPLIT_BUCKETS
+FILL = 0.5  # at most this share of a split's distinct questions is requested (random fill)
 
 
 def star_graph(rng: random.Random, degree: int, path_len: int, num_nodes: int):
@@ -111,7 +125,21 @@ class StarGraphTask(Task):
         self.mix_easy = SIZES[mix_easy] if mix_easy else None
         star_graph(random.Random(0), self.degree, self.path_len, self.num_nodes)  # validate knobs
         self.seed = seed
-        self.sizes = {"train": 4096, "validation": 256, "test": 256, **(sizes or {})}
+        # A small graph space (size "tiny": 1,440 distinct prompts) cannot fill the default
+        # split sizes: defaults shrink to what fits; explicit `sizes` that cannot fit are refused.
+        space = distinct_questions(self.degree, self.path_len, self.num_nodes)
+        space = min(space, 10**12)  # big spaces: exact count irrelevant (and beyond float)
+        fits = {k: max(1, int(FILL * SPLIT_SHARE[k] * space)) for k in DEFAULT_SIZES}
+        self.sizes = {k: min(v, fits[k]) for k, v in DEFAULT_SIZES.items()}
+        for k, v in (sizes or {}).items():
+            if k in fits and v > fits[k]:
+                raise ValueError(
+                    f"star_graph sizes[{k!r}]={v} exceeds what (degree={self.degree}, "
+                    f"path_len={self.path_len}, num_nodes={self.num_nodes}) can supply: "
+                    f"{space} distinct prompts, ~{int(SPLIT_SHARE[k] * space)} in {k!r}; use "
+                    f"<= {fits[k]}, or a larger size (e.g. size='easy')"
+                )
+            self.sizes[k] = v
 
     def _load_split(self, split: str) -> list[Example]:
         out, seen, i = [], set(), 0
