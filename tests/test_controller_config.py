@@ -124,7 +124,7 @@ def test_task_stream_then_plasticity_probe(tmp_path):
     last = [r for r in metrics.read_metrics(tmp_path / "probe") if "val/kl_to_base" in r][-1]
     # The stream run moved the weights; both distances are positive and named apart.
     assert last["val/kl_to_base"] > 0 and last["val/kl_to_init"] > 0
-    first = [r for r in metrics.read_metrics(tmp_path / "probe") if "val/kl_to_base" in r][0]
+    first = next(r for r in metrics.read_metrics(tmp_path / "probe") if "val/kl_to_base" in r)
     assert first["val/kl_to_init"] == pytest.approx(0.0, abs=1e-6)  # at step 0: the start
     assert first["val/kl_to_base"] > 1e-6  # ... which is already away from the base model
 
