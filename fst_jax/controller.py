@@ -4,14 +4,18 @@ Read ``Controller.run`` top to bottom; one cycle is
 
   1. GEPA round on the frozen policy θ_c (modes gepa/fst/fst_distill): re-score the carried
      contexts on the cycle's anchor set (the next ``gepa.anchor_size`` training problems, i.e. a
-     lookahead over the coming batches), reflective mutation within ``gepa.budget`` rollouts,
-     then export the top-K contexts into the prompt bank. Every GEPA evaluation is ONE sampler
-     call over all its (candidate, example) pairs.
-  2. T = ``rl.steps_per_cycle`` RL steps (modes rl/fst/fst_distill): a batch of problems, G
+     lookahead over the coming batches; ``gepa.anchors=disjoint``: a held-out slice of train),
+     reflective mutation within ``gepa.budget`` rollouts, then export the top-K contexts into
+     the prompt bank and log ``gepa/answer_leak``. Every GEPA evaluation is ONE sampler call
+     over all its (candidate, example) pairs.
+  2. T = ``rl.steps_per_cycle`` RL steps (modes rl/fst/fst_distill; a task stream's stage ends
+     exactly at ``task.switch_every`` steps, see `cycle_plan`): a batch of problems, G
      rollouts each spread over the exported contexts as evenly as possible (`spread_contexts`:
      G/K per context; counts differ by at most one when fewer than K exist; mode rl uses the seed),
-     verification, group advantages over all G rollouts of a problem, one jitted train step.
-  3. Evaluation (every ``eval.every_cycles`` and at start/end) and a checkpoint.
+     verification, group advantages over all G rollouts of a problem, ``rl.updates_per_batch``
+     jitted train steps (one per mini-batch of problems; 1 in the paper).
+  3. Evaluation (every ``eval.every_cycles`` and at start/end; every task of a stream) and a
+     checkpoint.
 
 ``fst_distill`` samples the student WITHOUT context and trains
 ``Σ_t KL(π_θ(·|x, y<t) ‖ sg π_θ(·|φ, x, y<t))`` (full-vocabulary reverse KL from the unprompted
