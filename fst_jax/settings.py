@@ -15,7 +15,13 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fst_jax.config_checks import CheckContext, config_check, task_names
+from fst_jax.config_checks import (
+    CheckContext,
+    config_check,
+    require_enum,
+    require_int,
+    task_names,
+)
 from fst_jax.errors import ConfigError
 
 # dataclass field -> config key, where the config's historical name differs.
@@ -120,48 +126,40 @@ def check_method_config(config: Any, ctx: CheckContext) -> None:
     """Config checks for the method's own knobs (run by `validate_config`): stream stage
     lengths, GEPA anchor source, updates per batch, and every settings dataclass builds."""
     c, num_batch_shards = config, ctx.num_batch_shards
+    for key, lo in (("rl.updates_per_batch", 1), ("rl.logit_chunk", 1), ("gepa.disjoint_size", 0),
+                    ("gepa.max_consecutive_skips", 0), ("gepa.max_rollout_chars", 1),
+                    ("gepa.leak_min_chars", 1)):  # fmt: skip
+        require_int(c, key, lo)
+    require_enum(c, "gepa.anchors", ("lookahead", "disjoint"), "GEPA anchor source")
     names, t = task_names(c), c.rl.steps_per_cycle
     if len(names) > 1 and c.task.switch_every >= 1:
-        per_stage = -(-c.task.switch_every // t)
-        want = len(names) * per_stage
+        want = len(names) * -(-c.task.switch_every // t)
         if c.num_cycles != want:
             raise ConfigError(
-                f"num_cycles={c.num_cycles} does not fit the task stream: {len(names)} tasks × "
-                f"task.switch_every={c.task.switch_every} RL steps in cycles of "
-                f"rl.steps_per_cycle={t} take exactly {want} cycles (a stage's last cycle is "
-                f"shorter when T does not divide switch_every); set --config.num_cycles={want}"
-            )
+                f"a stream of {len(names)} tasks × task.switch_every={c.task.switch_every} RL "
+                f"steps in cycles of rl.steps_per_cycle={t} takes exactly {want} cycles (a "
+                "stage's last cycle is shorter when T does not divide switch_every)",
+                "num_cycles", c.num_cycles, f"set --config.num_cycles={want}",
+            )  # fmt: skip
     g = c.gepa
-    if g.anchors not in ("lookahead", "disjoint"):
-        raise ConfigError(
-            f"gepa.anchors={g.anchors!r}; use 'lookahead' (the next RL problems, the paper's) or "
-            "'disjoint' (a held-out slice of train of gepa.disjoint_size problems)"
-        )
-    if g.disjoint_size < 0 or (g.anchors == "disjoint" and 0 < g.disjoint_size < g.anchor_size):
-        raise ConfigError(
-            f"gepa.disjoint_size={g.disjoint_size} must be 0 (= gepa.anchor_size) or >= "
-            f"gepa.anchor_size={g.anchor_size}"
-        )
+    if g.anchors == "disjoint" and 0 < g.disjoint_size < g.anchor_size:
+        raise ConfigError("the held-out anchor slice is smaller than one anchor set",
+                          "gepa.disjoint_size", g.disjoint_size,
+                          f"use 0 (= gepa.anchor_size) or >= gepa.anchor_size={g.anchor_size}")  # fmt: skip
     u, b = c.rl.updates_per_batch, c.rl.batch_size
-    if u < 1 or b % u:
-        raise ConfigError(
-            f"rl.updates_per_batch={u} must be >= 1 and divide rl.batch_size={b} (each update "
-            "takes whole problems); e.g. --config.rl.updates_per_batch="
-            f"{max(d for d in range(1, b + 1) if b % d == 0 and d <= max(u, 1))}"
-        )
+    if b % u:
+        ok = max(d for d in range(1, b + 1) if b % d == 0 and d <= u)
+        raise ConfigError(f"updates per batch must divide rl.batch_size={b} (whole problems per "
+                          "update)", "rl.updates_per_batch", u,
+                          f"e.g. --config.rl.updates_per_batch={ok}")  # fmt: skip
     rows = b // u * c.rl.group_size
     if num_batch_shards and u > 1 and rows % (num_batch_shards * c.rl.micro_batches):
         raise ConfigError(
-            f"each of rl.updates_per_batch={u} mini-batches has {rows} rows, which cannot be "
-            f"split into {c.rl.micro_batches} micro-batches over {num_batch_shards} data×fsdp "
-            "shards; lower rl.updates_per_batch or raise rl.batch_size"
-        )
-    if c.gepa.leak_min_chars < 1:
-        raise ConfigError(f"gepa.leak_min_chars={c.gepa.leak_min_chars} must be >= 1")
+            f"each of the {u} mini-batches has {rows} rows, which cannot be split into "
+            f"{c.rl.micro_batches} micro-batches over {num_batch_shards} data×fsdp shards",
+            "rl.updates_per_batch", u, "lower rl.updates_per_batch or raise rl.batch_size",
+        )  # fmt: skip
     rl_config(c)  # every loss / optimizer field builds (and validates) from the config
     gepa_config(c.gepa)
     if c.mode != "fst_distill":
-        try:
-            advantage_kwargs(c.rl, c.rl.advantage)
-        except KeyError as e:
-            raise ConfigError(str(e).strip("'\"")) from None
+        advantage_kwargs(c.rl, c.rl.advantage)

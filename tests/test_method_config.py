@@ -110,18 +110,21 @@ def test_answer_leak_hand_checked():
     [
         (
             {"task.stream": "ctl_parity,math", "task.switch_every": 3},
-            r"set --config.num_cycles=4",
+            r"\(num_cycles=2\): set --config.num_cycles=4",
         ),
-        ({"gepa.anchors": "heldout"}, "lookahead.*disjoint"),
-        ({"gepa.anchors": "disjoint", "gepa.disjoint_size": 2}, "disjoint_size=2 must be 0"),
+        (
+            {"gepa.anchors": "heldout"},
+            r"unknown GEPA anchor source \(gepa.anchors='heldout'\).*lookahead, disjoint",
+        ),
+        ({"gepa.anchors": "disjoint", "gepa.disjoint_size": 2}, r"\(gepa.disjoint_size=2\): use 0"),
         (
             {"rl.updates_per_batch": 3},
-            r"updates_per_batch=3 must be >= 1 and divide rl.batch_size=2",
+            r"divide rl.batch_size=2.*\(rl.updates_per_batch=3\)",
         ),
         ({"rl.clip_low": 5.0}, r"config.rl: Need 0 <= clip_low < tau"),
         ({"rl.kl_estimator": "k9"}, "k1, k2 or k3"),
-        ({"rl.loss": "gsp"}, "Unknown loss 'gsp'"),
-        ({"rl.advantage": "grpoo"}, "Unknown advantage estimator"),
+        ({"rl.loss": "gsp"}, r"unknown RL loss \(rl.loss='gsp'\): did you mean 'gspo'"),
+        ({"rl.advantage": "grpoo"}, "unknown advantage estimator"),
         ({"gepa.acceptance": "maybe"}, "acceptance"),
         ({"gepa.carry": "some"}, "carry"),
         ({"gepa.max_consecutive_skips": -1}, "max_consecutive_skips"),
