@@ -7,33 +7,69 @@ sampler calls) into per-device byte counts read from the compiled executables.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any
+
+import jax
 
 GIB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
 class Slice:
-    """An accelerator slice as the memory plan sees it: chips (= JAX devices) × HBM per chip."""
+    """An accelerator slice as the memory plan sees it: chips (= JAX devices) × HBM per chip.
+
+    `topology` ('v5p:2x4x4') names the TPU slice for the real TPU compiler; None for the fake CPU
+    meshes of CI (whose "HBM" is nominal)."""
 
     name: str
     chips: int
     hbm_gib: float
+    topology: str | None = None
+
+    @property
+    def chip(self) -> Any:
+        from fst_jax.aot.tpu import parse_slice
+
+        return parse_slice(self.topology)[0] if self.topology else None
 
 
+def _tpu_slice(name: str, topology: str) -> Slice:
+    from fst_jax.aot.tpu import parse_slice
+
+    chip, topo, n = parse_slice(topology)
+    return Slice(name, n, chip.hbm_gib, topo)
+
+
+def slice_named(name: str) -> Slice:
+    """A known slice ('v5p-64'), or any TPU topology by name ('v5p:2x4x4', 'v6e:8x8')."""
+    if name in SLICES:
+        return SLICES[name]
+    if ":" in name:
+        return _tpu_slice(name, name)
+    raise ValueError(
+        f"Unknown slice {name!r}; known: {', '.join(SLICES)}, or a TPU topology such as "
+        "v5p:2x4x4 / v6e:4x4"
+    )
+
+
+# Cloud slice names: v4-N / v5p-N count TensorCores (N/2 chips, one JAX device per chip with
+# megacore); v5e-N / v6e-N count chips. HBM per chip: v4 32 GiB, v5e 16, v5p 95, v6e 32.
 SLICES: dict[str, Slice] = {
     s.name: s
     for s in (
-        # v5p-N has N TensorCores = N/2 chips (one JAX device per chip, megacore), 95 GiB each.
-        Slice("v5p-8", 4, 95.0),
-        Slice("v5p-32", 16, 95.0),
-        Slice("v5p-64", 32, 95.0),
-        Slice("v5p-128", 64, 95.0),
-        # v4-N: N/2 chips, 32 GiB each.
-        Slice("v4-8", 4, 32.0),
-        Slice("v4-64", 32, 32.0),
+        *(
+            _tpu_slice(f"v5p-{2 * n}", f"v5p:{t}")
+            for n, t in ((4, "2x2x1"), (16, "2x2x4"), (32, "2x4x4"), (64, "4x4x4"))
+        ),
+        *(
+            _tpu_slice(f"v4-{2 * n}", f"v4:{t}")
+            for n, t in ((4, "2x2x1"), (16, "2x2x4"), (32, "2x4x4"), (64, "4x4x4"))
+        ),
+        *(_tpu_slice(f"v5e-{n}", f"v5e:{t}") for n, t in ((4, "2x2"), (16, "4x4"), (64, "8x8"))),
+        *(_tpu_slice(f"v6e-{n}", f"v6e:{t}") for n, t in ((4, "2x2"), (16, "4x4"), (64, "8x8"))),
         # Fake CPU meshes for CI (the "HBM" is a nominal 16 GiB).
         Slice("cpu-8", 8, 16.0),
     )
@@ -74,6 +110,7 @@ class Point:
     remat: str = "layer"
     microbatches: int = 1
     sample_chunks: int = 1
+    attention: str = "auto"  # "auto" | "xla" | "splash" (ModelConfig.attention)
 
     @property
     def batch_shards(self) -> int:
@@ -83,6 +120,7 @@ class Point:
         return (
             f"data={self.data} fsdp={self.fsdp} tensor={self.tensor} remat={self.remat} "
             f"microbatches={self.microbatches} sampler_calls={self.sample_chunks}"
+            + ("" if self.attention == "auto" else f" attention={self.attention}")
         )
 
 
@@ -120,15 +158,29 @@ def _device_bytes(tree: Any) -> int:
     )
 
 
-def model_for(model: str, point: Point, param_dtype: str, dtype: str) -> Any:
+def model_for(
+    model: str, point: Point, param_dtype: str, dtype: str, target: str | None = None
+) -> Any:
+    """The model config a candidate compiles: scanned layers, the point's remat and attention
+    ("auto" means splash on a TPU target, XLA attention on the CPU proxy)."""
     from fst_jax.models.config import get_config
 
+    attention = point.attention
+    if attention == "auto":
+        attention = "splash" if target is not None else "xla"
     return get_config(
-        model, remat=point.remat, scan_layers=True, param_dtype=param_dtype, dtype=dtype
+        model,
+        remat=point.remat,
+        scan_layers=True,
+        param_dtype=param_dtype,
+        dtype=dtype,
+        attention=attention,
     )
 
 
-def compile_train_step(model_config: Any, mesh: Any, workload: Workload, microbatches: int):
+def compile_train_step(
+    model_config: Any, mesh: Any, workload: Workload, microbatches: int, logit_chunk: int = 128
+):
     """Lower + compile the real RL update (CISPO) on abstract state and batch.
 
     Returns (compiled, per-device bytes of the train state: params + AdamW moments + counters,
@@ -142,7 +194,9 @@ def compile_train_step(model_config: Any, mesh: Any, workload: Workload, microba
     from fst_jax.rl.batch import RLBatch
     from fst_jax.rl.train_step import RLConfig, TrainState, make_train_step
 
-    step = make_train_step(model_config, mesh, RLConfig(num_microbatches=microbatches))
+    step = make_train_step(
+        model_config, mesh, RLConfig(num_microbatches=microbatches, logit_chunk=logit_chunk)
+    )
     pshapes = param_shapes(model_config)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     shapes = TrainState(
@@ -169,15 +223,19 @@ def compile_train_step(model_config: Any, mesh: Any, workload: Workload, microba
         row_valid=arr((b,), jnp.float32),
         group_ids=arr((b,), jnp.int32),
     )
-    return step.jitted.lower(state, batch).compile(), _device_bytes(state), (state, batch)
+    with jax.set_mesh(mesh):  # the mesh shard_map'd kernels (splash attention) partition over
+        compiled = step.jitted.lower(state, batch).compile()
+    return compiled, _device_bytes(state), (state, batch)
 
 
-def compile_sampler(model_config: Any, mesh: Any, workload: Workload, rows: int):
+def compile_sampler(
+    model_config: Any, mesh: Any, workload: Workload, rows: int, one_step: bool = False
+):
     """Lower + compile the sampler's prefill and decode for one call of `rows` rows.
 
-    Sampling layout as `fst_jax.sampling` runs it: matrices cast to `config.dtype`, weights under
-    `SAMPLE_RULES` (tensor-parallel, replicated over data×fsdp), rows over data×fsdp, a fresh KV
-    cache of prompt + response length. Returns (prefill, decode, per-device sampler-param bytes).
+    Sampling layout as `fst_jax.sampling` runs it: a copy of the weights with matrices cast to
+    `config.dtype`, in the trainer's layout (FSDP × tensor), rows over data×fsdp, a fresh KV cache
+    of prompt + response length. Returns (prefill, decode, per-device sampler-param bytes).
     """
     import jax
     import jax.numpy as jnp
@@ -192,7 +250,7 @@ def compile_sampler(model_config: Any, mesh: Any, workload: Workload, rows: int)
         lambda x: jax.ShapeDtypeStruct(x.shape, dt if len(x.shape) >= 2 else x.dtype),
         param_shapes(model_config),
     )
-    params = _abstract(pshapes, sharding.param_shardings(model_config, mesh, sharding.SAMPLE_RULES))
+    params = _abstract(pshapes, sharding.param_shardings(model_config, mesh))
     rep, bs = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     w = workload
     suffix_len = 8
@@ -221,12 +279,23 @@ def compile_sampler(model_config: Any, mesh: Any, workload: Workload, rows: int)
         a((rows,), jnp.int32, bs),
         jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
     )
-    pre = engine.prefill.lower(*static, *pre_args).compile()
-    # Decode takes prefill's output state, with the shardings prefill produced.
-    state_shapes = jax.eval_shape(lambda *xs: engine.prefill(*static, *xs), *pre_args)
-    state = _abstract(state_shapes, pre.output_shardings)
-    dec = engine.decode.lower(*static, params, state).compile()
+    with jax.set_mesh(mesh):
+        pre = engine.prefill.lower(*static, *pre_args).compile()
+        # Decode takes prefill's output state, with the shardings prefill produced.
+        state_shapes = jax.eval_shape(lambda *xs: engine.prefill(*static, *xs), *pre_args)
+        state = _abstract(state_shapes, pre.output_shardings)
+        decode_fn = engine.decode if not one_step else _one_decode_step
+        dec = decode_fn.lower(*static, params, state).compile()
     return pre, dec, _device_bytes(params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
+def _one_decode_step(config, sampling, pad_id, stop_ids, params, state):
+    """One token of `engine.decode`'s loop: cost_analysis counts a while-loop body once, so the
+    per-token cost is read from this step alone."""
+    from fst_jax.sampling import engine
+
+    return engine._decode_step(config, sampling, pad_id, stop_ids, params, state)
 
 
 def budget_bytes(sl: Slice, budget: float) -> int:
@@ -241,12 +310,19 @@ def _check_split(rows: int, parts: int, shards: int, what: str) -> None:
         )
 
 
-def _mesh_for(point: Point):
-    import jax
-
+def _mesh_for(point: Point, target: str | None = None):
+    """The candidate's mesh: over the TPU devices of `target` ('v5p:2x4x4', real TPU compiler) or
+    over this process's devices (fake CPU devices for the proxy)."""
     from fst_jax import sharding
 
     n = point.batch_shards * point.tensor
+    if target is not None:
+        from fst_jax.aot.tpu import topology_devices
+
+        devices = list(topology_devices(target))
+        if len(devices) != n:
+            raise ValueError(f"{point.label()} uses {n} chips but {target} has {len(devices)}")
+        return sharding.make_mesh((point.data, point.fsdp, point.tensor), devices)
     devices = jax.devices()
     if len(devices) < n:
         raise ValueError(
@@ -257,14 +333,20 @@ def _mesh_for(point: Point):
 
 
 def evaluate_train(
-    model: str, point: Point, workload: Workload, *, param_dtype: str, dtype: str
+    model: str,
+    point: Point,
+    workload: Workload,
+    *,
+    param_dtype: str,
+    dtype: str,
+    target: str | None = None,
 ) -> dict[str, Any]:
-    """Compile the train step for one candidate on this process's (fake) devices."""
+    """Compile the train step for one candidate (TPU `target`, or this process's devices)."""
     _check_split(workload.rows, point.microbatches, point.batch_shards, "micro-batches")
-    mesh = _mesh_for(point)
+    mesh = _mesh_for(point, target)
     t0 = time.perf_counter()
     compiled, state_bytes, _ = compile_train_step(
-        model_for(model, point, param_dtype, dtype), mesh, workload, point.microbatches
+        model_for(model, point, param_dtype, dtype, target), mesh, workload, point.microbatches
     )
     return {
         "train": memory_stats(compiled),
@@ -274,14 +356,21 @@ def evaluate_train(
 
 
 def evaluate_sampler(
-    model: str, point: Point, workload: Workload, state_bytes: int, *, param_dtype: str, dtype: str
+    model: str,
+    point: Point,
+    workload: Workload,
+    state_bytes: int,
+    *,
+    param_dtype: str,
+    dtype: str,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """Compile prefill + decode for rows / sample_chunks rows; the train state stays resident."""
     _check_split(workload.rows, point.sample_chunks, point.batch_shards, "sampler calls")
-    mesh = _mesh_for(point)
+    mesh = _mesh_for(point, target)
     t0 = time.perf_counter()
     pre, dec, pbytes = compile_sampler(
-        model_for(model, point, param_dtype, dtype),
+        model_for(model, point, param_dtype, dtype, target),
         mesh,
         workload,
         workload.rows // point.sample_chunks,
@@ -304,15 +393,131 @@ def evaluate_point(
     param_dtype: str,
     dtype: str,
     sampler: bool = True,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """Train step (+ sampler) memory for one fully specified candidate."""
+    kw = {"param_dtype": param_dtype, "dtype": dtype, "target": target}
     res: dict[str, Any] = {"point": dataclasses.asdict(point)}
-    res.update(evaluate_train(model, point, workload, param_dtype=param_dtype, dtype=dtype))
+    res.update(evaluate_train(model, point, workload, **kw))
     if sampler:
-        res.update(
-            evaluate_sampler(
-                model, point, workload, res["train_state"], param_dtype=param_dtype, dtype=dtype
-            )
-        )
+        res.update(evaluate_sampler(model, point, workload, res["train_state"], **kw))
     res["peak"] = max(res["train"]["total"], res.get("sample_total", 0))
     return res
+
+
+# ------------------------------------------------------------------ step-time estimate (TPU)
+
+
+def cost_stats(compiled: Any) -> dict[str, float]:
+    """Per-device flops, HBM bytes accessed and the compiler's `optimal_seconds`."""
+    c = compiled.cost_analysis()
+    c = c[0] if isinstance(c, list | tuple) else c
+    return {k: float(c.get(k, 0.0)) for k in ("flops", "bytes accessed", "optimal_seconds")}
+
+
+def _combine(base: dict[str, float], *terms: tuple[float, dict[str, float]]) -> dict[str, float]:
+    out = dict(base)
+    for scale, d in terms:
+        for k in out:
+            out[k] += scale * (d[k] - base[k])
+    return out
+
+
+def _probe_config(model: str, point: Point, param_dtype: str, dtype: str, target, layers: int):
+    return model_for(model, point, param_dtype, dtype, target).replace(
+        scan_layers=False, num_layers=layers
+    )
+
+
+def estimate_costs(
+    model: str,
+    point: Point,
+    workload: Workload,
+    *,
+    param_dtype: str,
+    dtype: str,
+    target: str | None = None,
+    sampler: bool = True,
+    logit_chunk: int = 128,
+) -> dict[str, dict[str, float]]:
+    """Per-device flops / bytes / optimal_seconds of one train step, one prefill call and one
+    decoded token, corrected for loops.
+
+    `cost_analysis()` counts a while-loop body once, so the scanned program under-counts by the
+    trip counts (layers, micro-batches, logit chunks, decode steps). Probes compile the same
+    functions unrolled with 1 and 2 layers (the difference is one layer), one micro-batch, and a
+    doubled logit chunk (the difference is one chunk), and extrapolate linearly:
+    cost = probe(1 layer) + (L-1)·layer + (chunks-1)·chunk; × micro-batches. The optimizer update
+    is counted once per micro-batch (a small over-count: it is elementwise)."""
+    layers = model_for(model, point, param_dtype, dtype).num_layers
+    m = point.microbatches
+    mb = dataclasses.replace(workload, problems=workload.rows // m, group=1)
+    one = dataclasses.replace(point, microbatches=1, sample_chunks=1)
+    mesh = _mesh_for(point, target)
+
+    def train(n_layers: int, chunk: int) -> dict[str, float]:
+        cfg = _probe_config(model, one, param_dtype, dtype, target, n_layers)
+        return cost_stats(compile_train_step(cfg, mesh, mb, 1, chunk)[0])
+
+    s = workload.seq_len
+    chunk = min(logit_chunk, s)
+    base = train(1, chunk)
+    n_chunks = -(-s // chunk)
+    terms = [(layers - 1, train(2, chunk))]
+    if n_chunks > 1 and 2 * chunk <= s:
+        terms.append((n_chunks - 1, train(1, 2 * chunk)))
+    per_mb = _combine(base, *terms)
+    out = {"train": {k: v * m for k, v in per_mb.items()}}
+    if sampler:
+        rows = workload.rows // point.sample_chunks
+        probes = {}
+        for n_layers in (1, 2):
+            cfg = _probe_config(model, one, param_dtype, dtype, target, n_layers)
+            pre, dec, _ = compile_sampler(cfg, mesh, workload, rows, one_step=True)
+            probes[n_layers] = (cost_stats(pre), cost_stats(dec))
+        out["prefill"] = _combine(probes[1][0], (layers - 1, probes[2][0]))
+        out["decode_token"] = _combine(probes[1][1], (layers - 1, probes[2][1]))
+    return out
+
+
+def model_flops_per_token(model: str, seq_len: int) -> float:
+    """Training FLOPs per token without rematerialisation (PaLM's MFU convention):
+    6·N (non-embedding matmuls + LM head) + 12·layers·heads·head_dim·seq_len (attention)."""
+    from fst_jax.models.config import get_config
+
+    c = get_config(model)
+    n = c.num_params - c.vocab_size * c.hidden_size * (0 if c.tie_word_embeddings else 1)
+    return 6.0 * n + 12.0 * c.num_layers * c.num_heads * c.head_dim * seq_len
+
+
+def time_estimate(sl: Slice, workload: Workload, point: Point, costs: dict, model: str) -> dict:
+    """Seconds per RL step on `sl` from the compiler's counts: each program takes the longer of
+    its `optimal_seconds` and the roofline max(flops / peak, bytes / HBM bandwidth)."""
+    chip = sl.chip
+
+    def secs(c: dict[str, float]) -> float:
+        return max(
+            c["optimal_seconds"], c["flops"] / chip.peak_flops, c["bytes accessed"] / chip.hbm_bw
+        )
+
+    tokens = workload.rows * workload.seq_len
+    train_s = secs(costs["train"])
+    out = {
+        "train_s": train_s,
+        "train_flops_bound_s": costs["train"]["flops"] / chip.peak_flops,
+        "train_bytes_bound_s": costs["train"]["bytes accessed"] / chip.hbm_bw,
+        "mfu": model_flops_per_token(model, workload.seq_len)
+        * tokens
+        / (sl.chips * chip.peak_flops * train_s),
+    }
+    if "decode_token" in costs:
+        rows = workload.rows // point.sample_chunks
+        tok_s = secs(costs["decode_token"])
+        out["decode_token_s"] = tok_s
+        out["decode_tokens_per_s"] = rows / tok_s
+        out["prefill_s"] = secs(costs["prefill"])
+        out["sample_s"] = point.sample_chunks * (
+            out["prefill_s"] + (workload.response_len - 1) * tok_s
+        )
+        out["step_s"] = out["sample_s"] + train_s
+    return out

@@ -53,6 +53,9 @@ class ModelConfig:
     # order; XLA:CPU's small-batch decode matmuls run ~1.8x faster on it): see
     # `decoder.to_kernel_layout`.
     kernel_layout: str = "in_out"
+    # "auto" (splash on TPU, cuDNN on GPU, XLA elsewhere) | "xla" | "splash" | "cudnn":
+    # see `fst_jax.models.attention`.
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -66,6 +69,10 @@ class ModelConfig:
             )
         if self.remat not in ("none", "layer", "dots"):
             raise ValueError(f"remat={self.remat!r}; use one of 'none', 'layer', 'dots'")
+        if self.attention not in ("auto", "xla", "splash", "cudnn"):
+            raise ValueError(
+                f"attention={self.attention!r}; use one of 'auto', 'xla', 'splash', 'cudnn'"
+            )
         if self.kernel_layout not in ("in_out", "out_in"):
             raise ValueError(f"kernel_layout={self.kernel_layout!r}; use 'in_out' or 'out_in'")
         for field in ("param_dtype", "dtype"):

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fst_jax.models import attention
 from fst_jax.models.config import ModelConfig
 
 Params = Any
@@ -179,6 +180,7 @@ class Attention(nn.Module):
         mask: jax.Array,
         cache: Cache | None,
         write_index: jax.Array | None,
+        kv_positions: jax.Array | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         cfg = self.config
         d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -216,13 +218,8 @@ class Attention(nn.Module):
             new_cache = {"k": kc, "v": vc}
             k, v = kc, vc
 
-        b, t = q.shape[:2]
-        groups = h // kvh
-        qg = q.reshape(b, t, kvh, groups, hd)
-        scores = _einsum("btkgd,bskd->bkgts", qg, k, dt) / math.sqrt(hd)
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = _einsum("bkgts,bskd->btkgd", probs, v, dt).reshape(b, t, h, hd)
+        kv_pos = positions if kv_positions is None else kv_positions
+        out = attention.attend(cfg.attention, q, k, v, positions, kv_pos, mask, dt)
         o_proj = Linear(cfg, (h, hd, d), (HEADS, HEAD_DIM, EMBED), h * hd, name="o_proj")
         return o_proj(out, "bthk,hkd->btd"), new_cache
 
@@ -250,7 +247,7 @@ class DecoderLayer(nn.Module):
         cfg = self.config
         h = RMSNorm(cfg, cfg.hidden_size, name="input_layernorm")(x)
         attn, new_cache = Attention(cfg, name="self_attn")(
-            h, ctx["positions"], ctx["mask"], cache, ctx.get("write_index")
+            h, ctx["positions"], ctx["mask"], cache, ctx.get("write_index"), ctx["kv_positions"]
         )
         x = x + attn
         h = RMSNorm(cfg, cfg.hidden_size, name="post_attention_layernorm")(x)
@@ -295,7 +292,7 @@ class Decoder(nn.Module):
             kv_pos = new_pos
         # mask[b, t, s]: query t may read key s iff 0 <= pos_s <= pos_t (position-based causality).
         mask = (kv_pos[:, None, :] >= 0) & (kv_pos[:, None, :] <= positions[:, :, None])
-        ctx = {"positions": positions, "mask": mask}
+        ctx = {"positions": positions, "mask": mask, "kv_positions": kv_pos}
         if write_index is not None:
             ctx["write_index"] = write_index
 
