@@ -1,16 +1,19 @@
-"""Ahead-of-time memory plan: will the FST train step and sampler fit on a TPU slice?
+"""Ahead-of-time plan: will the FST train step and sampler fit on a TPU slice, and how fast?
 
 Lowers and compiles the real jitted functions — the CISPO update from `fst_jax.rl.make_train_step`
-and the sampler's `prefill` / `decode` from `fst_jax.sampling.engine` — for a named model config on
-a fake mesh of N CPU devices, from abstract inputs (`jax.ShapeDtypeStruct` with shardings: no
-weights are allocated), and reads per-device memory from the compiled executable
-(`compiled.memory_analysis()`: arguments, outputs, temporaries, generated code, aliasing).
+and the sampler's `prefill` / `decode` from `fst_jax.sampling.engine` — for a named model config
+from abstract inputs (`jax.ShapeDtypeStruct` with shardings: no weights are allocated), with the
+real TPU compiler on a TPU topology described by libtpu (`fst_jax.aot.tpu`; no TPU needed), and
+reads per-chip HBM from `compiled.memory_analysis()` (arguments, outputs, temporaries, generated
+code, aliasing). For the recommended candidate, `cost_analysis()` (flops, bytes, the compiler's
+`optimal_seconds`, loop-corrected: see `estimate_costs`) gives an estimated step time, MFU and
+decode tokens/s against the chip's peak FLOP/s and HBM bandwidth. Estimates, not measurements:
+they assume perfect overlap and ignore collectives' link time.
 
-The numbers come from XLA:CPU's SPMD partitioner and buffer assignment, a proxy for XLA:TPU: the
-sharding (and so argument/output sizes) is exact, temporaries can differ (different fusion,
-layout padding, bf16 handling, no TPU-specific rematerialisation). Keep the 20 % headroom.
+`--compiler=cpu_proxy` compiles with XLA:CPU on fake CPU devices instead (labelled as a proxy:
+shardings and argument sizes are exact, temporaries differ from TPU's). Keep the 20 % headroom.
 
-    # CI-sized: tiny model on 8 fake devices (~1 min)
+    # CI-sized: tiny model on 8 fake devices
     python -m fst_jax.aot --model=tiny_qwen3 --slices=cpu-8 --problems=4 --group=4 \
         --prompt_len=48 --response_len=32 --bank_len=16 --markdown
     # the paper's setup: Qwen3-8B, 32 problems x G=8 = 256 rows, 2048 prompt + 8192 response
@@ -22,7 +25,8 @@ For each candidate mesh (all chips on fsdp × tensor ∈ {1, 2, 4, 8}) the searc
 train step's micro-batches and the number of sequential sampler calls per step (rows split
 across calls) until each fits the budget — predicted from the last compile, then verified by
 compiling. Sampling is charged with the trainer's resident state (params + AdamW moments).
-Each slice runs in a fresh subprocess (the fake device count is fixed at JAX start-up).
+Each slice runs in a fresh subprocess (libtpu's compile-only settings / the fake device count
+are fixed at JAX start-up).
 """
 
 from fst_jax.aot.core import (
@@ -35,11 +39,16 @@ from fst_jax.aot.core import (
     budget_bytes,
     compile_sampler,
     compile_train_step,
+    cost_stats,
+    estimate_costs,
     evaluate_point,
     evaluate_sampler,
     evaluate_train,
     memory_stats,
+    model_flops_per_token,
     model_for,
+    slice_named,
+    time_estimate,
 )
 from fst_jax.aot.plan import (
     _grow,
@@ -68,17 +77,22 @@ __all__ = [
     "budget_bytes",
     "compile_sampler",
     "compile_train_step",
+    "cost_stats",
     "default_points",
+    "estimate_costs",
     "evaluate_point",
     "evaluate_sampler",
     "evaluate_train",
     "main",
     "markdown_table",
     "memory_stats",
+    "model_flops_per_token",
     "model_for",
     "plan",
     "recommend",
     "recommendations",
     "search_point",
     "search_slice",
+    "slice_named",
+    "time_estimate",
 ]

@@ -416,10 +416,14 @@ def cost_stats(compiled: Any) -> dict[str, float]:
 
 
 def _combine(base: dict[str, float], *terms: tuple[float, dict[str, float]]) -> dict[str, float]:
+    """base + Σ scale·(probe − base); optimal_seconds stays -1 (unknown to the compiler, e.g.
+    programs with while loops) if any probe lacks it."""
     out = dict(base)
     for scale, d in terms:
         for k in out:
             out[k] += scale * (d[k] - base[k])
+    if any(x["optimal_seconds"] < 0 for x in (base, *(d for _, d in terms))):
+        out["optimal_seconds"] = -1.0
     return out
 
 
@@ -496,9 +500,8 @@ def time_estimate(sl: Slice, workload: Workload, point: Point, costs: dict, mode
     chip = sl.chip
 
     def secs(c: dict[str, float]) -> float:
-        return max(
-            c["optimal_seconds"], c["flops"] / chip.peak_flops, c["bytes accessed"] / chip.hbm_bw
-        )
+        roof = max(c["flops"] / chip.peak_flops, c["bytes accessed"] / chip.hbm_bw)
+        return max(c["optimal_seconds"], roof)
 
     tokens = workload.rows * workload.seq_len
     train_s = secs(costs["train"])

@@ -19,9 +19,14 @@ from fst_jax.aot.core import (
     Slice,
     Workload,
     budget_bytes,
+    estimate_costs,
     evaluate_sampler,
     evaluate_train,
+    slice_named,
+    time_estimate,
 )
+
+COMPILERS = ("tpu", "cpu_proxy")
 
 
 def default_points(
@@ -71,6 +76,7 @@ def search_point(
     param_dtype: str,
     dtype: str,
     sampler: bool = True,
+    target: str | None = None,
     log=lambda s: None,
 ) -> dict[str, Any]:
     """For one mesh/remat: raise micro-batches until the train step fits and sampler calls until
@@ -81,7 +87,7 @@ def search_point(
     mb = base.microbatches
     while True:
         p = dataclasses.replace(base, microbatches=mb)
-        tr = evaluate_train(model, p, workload, param_dtype=param_dtype, dtype=dtype)
+        tr = evaluate_train(model, p, workload, param_dtype=param_dtype, dtype=dtype, target=target)
         tries += 1
         t = tr["train"]
         log(
@@ -103,7 +109,13 @@ def search_point(
         while True:
             p = dataclasses.replace(base, microbatches=mb, sample_chunks=chunks)
             sr = evaluate_sampler(
-                model, p, workload, tr["train_state"], param_dtype=param_dtype, dtype=dtype
+                model,
+                p,
+                workload,
+                tr["train_state"],
+                param_dtype=param_dtype,
+                dtype=dtype,
+                target=target,
             )
             tries += 1
             log(
@@ -136,10 +148,13 @@ def search_slice(
     param_dtype: str,
     dtype: str,
     sampler: bool = True,
+    target: str | None = None,
+    estimate: bool = False,
     emit=print,
     log=lambda s: None,
 ) -> list[dict[str, Any]]:
-    """`search_point` for every candidate; each result is emitted as soon as it is known."""
+    """`search_point` for every candidate; each result is emitted as soon as it is known. With
+    `estimate` (TPU targets), the recommended candidate also gets a step-time estimate."""
     results = []
     for base in points:
         try:
@@ -152,12 +167,33 @@ def search_slice(
                 param_dtype=param_dtype,
                 dtype=dtype,
                 sampler=sampler,
+                target=target,
                 log=log,
             )
         except Exception as e:  # one bad candidate must not sink the plan: report it
             res = {"point": dataclasses.asdict(base), "error": f"{type(e).__name__}: {e}"}
         emit("AOT_RESULT " + json.dumps({"slice": sl.name, **res}))
         results.append(res)
+    best = recommend(results)
+    if estimate and best is not None and sl.chip is not None:
+        point = Point(**best["point"])
+        t0 = time.perf_counter()
+        costs = estimate_costs(
+            model,
+            point,
+            workload,
+            param_dtype=param_dtype,
+            dtype=dtype,
+            target=target,
+            sampler=sampler,
+        )
+        best["estimate"] = {
+            "costs": costs,
+            **time_estimate(sl, workload, point, costs, model),
+            "estimate_compile_s": round(time.perf_counter() - t0, 1),
+        }
+        log(f"{sl.name}: estimate {best['estimate']}")
+        emit("AOT_ESTIMATE " + json.dumps({"point": best["point"], **best["estimate"]}))
     return results
 
 
@@ -174,6 +210,7 @@ def recommend(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _worker(spec: dict[str, Any]) -> None:
     sl = Slice(**spec["slice"])
+    target = sl.topology if spec.get("compiler") == "tpu" else None
     workload = Workload(**spec["workload"])
     points = [Point(**p) for p in spec["points"]] or default_points(
         sl.chips, spec["model"], spec["tensor_sizes"]
@@ -187,6 +224,8 @@ def _worker(spec: dict[str, Any]) -> None:
         param_dtype=spec["param_dtype"],
         dtype=spec["dtype"],
         sampler=spec["sampler"],
+        target=target,
+        estimate=target is not None and spec.get("estimate", True),
         emit=lambda line: print(line, flush=True),
         log=lambda line: print(f"[aot] {line}", file=sys.stderr, flush=True),
     )
@@ -205,18 +244,36 @@ def plan(
     sampler: bool = True,
     timeout_s: float | None = None,
     lock_file: str | None = None,
+    compiler: str = "tpu",
+    estimate: bool = True,
     log=lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict[str, list[dict[str, Any]]]:
-    """Run the search for each slice in a fresh subprocess with `chips` fake CPU devices.
+    """Run the search for each slice in a fresh subprocess.
 
+    `compiler="tpu"`: the real TPU compiler (libtpu) on the slice's TPU topology, plus a step-time
+    estimate for the recommended candidate (`estimate`). `compiler="cpu_proxy"`: XLA:CPU on
+    `chips` fake CPU devices (temporaries differ from TPU's). Slices without a TPU topology
+    (`cpu-8`) always use the proxy.
     `lock_file`: run each slice's worker under `flock lock_file` (shared build machines, so
     other heavy jobs can interleave between slices instead of waiting for the whole plan)."""
-    unknown = [s for s in slices if s not in SLICES]
+    from fst_jax.aot import tpu
+
+    if compiler not in COMPILERS:
+        raise ValueError(f"compiler={compiler!r}; use one of {', '.join(COMPILERS)}")
+    unknown = []
+    for s in slices:
+        try:
+            slice_named(s)
+        except ValueError:
+            unknown.append(s)
     if unknown:
-        raise ValueError(f"Unknown slice(s) {unknown}; known: {', '.join(SLICES)}")
+        raise ValueError(f"Unknown slice(s) {unknown}; known: {', '.join(SLICES)} or v5p:2x4x4")
+    if compiler == "tpu" and any(slice_named(s).topology for s in slices):
+        tpu.require_libtpu()
     out: dict[str, list[dict[str, Any]]] = {}
     for name in slices:
-        sl = SLICES[name]
+        sl = slice_named(name)
+        use_tpu = compiler == "tpu" and sl.topology is not None
         spec = {
             "model": model,
             "slice": dataclasses.asdict(sl),
@@ -227,6 +284,8 @@ def plan(
             "param_dtype": param_dtype,
             "dtype": dtype,
             "sampler": sampler,
+            "compiler": "tpu" if use_tpu else "cpu_proxy",
+            "estimate": estimate,
         }
         env = dict(os.environ)
         flags = [
@@ -235,9 +294,12 @@ def plan(
             if not f.startswith("--xla_force_host_platform_device_count")
         ]
         env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={sl.chips}"])
-        env["JAX_PLATFORMS"] = "cpu"
+        env["JAX_PLATFORMS"] = "cpu"  # compile only: no accelerator is used, TPU or otherwise
+        if use_tpu:
+            env.update(tpu.compile_only_env(sl.chip, sl.chips))
         t0 = time.perf_counter()
-        log(f"[aot] {name}: {sl.chips} fake CPU devices, {model}: compiling candidates ...")
+        where = f"TPU compiler, {sl.topology}" if use_tpu else f"{sl.chips} fake CPU devices"
+        log(f"[aot] {name}: {where}, {model}: compiling candidates ...")
         cmd = [sys.executable, "-m", "fst_jax.aot", "--worker_spec", json.dumps(spec)]
         proc = subprocess.Popen(
             ["flock", lock_file, *cmd] if lock_file else cmd,
@@ -264,8 +326,15 @@ def plan(
             raise RuntimeError(
                 f"AOT worker for {name} failed (exit {proc.returncode}):\n{stderr[-4000:]}"
             )
+        for x in stdout.splitlines():
+            if x.startswith("AOT_ESTIMATE "):
+                est = json.loads(x[len("AOT_ESTIMATE ") :])
+                for r in rows:
+                    if r["point"] == est["point"] and "error" not in r:
+                        r["estimate"] = {k: v for k, v in est.items() if k != "point"}
         for r in rows:
             r.pop("slice", None)
+            r["compiler"] = spec["compiler"]
             log(f"[aot] {name}: {_short(r)}")
         log(f"[aot] {name}: done in {time.perf_counter() - t0:.0f}s")
         out[name] = rows
@@ -291,16 +360,22 @@ def _short(r: dict[str, Any]) -> str:
     return s + f"; fits={r.get('fits')}"
 
 
+def _secs(x: float) -> str:
+    return f"{x:.1f} s" if x >= 1 else f"{x * 1e3:.2f} ms" if x >= 1e-3 else f"{x * 1e6:.0f} µs"
+
+
 def markdown_table(results: dict[str, list[dict[str, Any]]], budget: float) -> str:
-    """One row per candidate mesh (after its search); the recommended one per slice in bold."""
+    """One row per candidate mesh (after its search); the recommended one per slice in bold.
+    Estimated times (TPU compiler only): train step, sampling (prefill + decode), MFU of the
+    train step, decode tokens/s over the slice."""
     lines = [
         "| slice | chips × HBM | data×fsdp×tensor | remat | micro-batches | sampler calls | "
         "train state | train step (temps) | prefill | decode | sampling + state | "
-        "peak / budget | fits |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak / budget | fits | est. train step | est. MFU | est. sampling | decode tok/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
-        sl = SLICES[name]
+        sl = slice_named(name)
         best = recommend(rows)
         for r in rows:
             p = r["point"]
@@ -309,7 +384,7 @@ def markdown_table(results: dict[str, list[dict[str, Any]]], budget: float) -> s
             if "error" in r:
                 lines.append(
                     f"| {name} | {head} | {mesh} | {p['remat']} | | | error: "
-                    f"{r['error'][:80].replace('|', '/')} | | | | | | |"
+                    f"{r['error'][:80].replace('|', '/')} | | | | | | | | | | |"
                 )
                 continue
             mark = "**" if r is best else ""
@@ -317,11 +392,21 @@ def markdown_table(results: dict[str, list[dict[str, Any]]], budget: float) -> s
             pre = _gib(r["prefill"]["total"]) if "prefill" in r else "-"
             dec = _gib(r["decode"]["total"]) if "decode" in r else "-"
             samp = _gib(r["sample_total"]) if "sample_total" in r else "-"
+            e = r.get("estimate")
+            est = "| | | |"
+            if e:
+                est = (
+                    f"| {_secs(e['train_s'])} | {e['mfu']:.0%} | "
+                    f"{_secs(e['sample_s']) if 'sample_s' in e else '-'} | "
+                    f"{e['decode_tokens_per_s']:,.0f} |"
+                    if "decode_tokens_per_s" in e
+                    else f"| {_secs(e['train_s'])} | {e['mfu']:.0%} | - | - |"
+                )
             lines.append(
                 f"| {mark}{name}{mark} | {head} | {mesh} | {p['remat']} | {p['microbatches']} | "
                 f"{p['sample_chunks']} | {_gib(r['train_state'])} | {_gib(t['total'])} "
                 f"({_gib(t['temps'])}) | {pre} | {dec} | {samp} | {_gib(r['peak'])} / "
-                f"{_gib(budget_bytes(sl, budget))} | {'yes' if r['fits'] else 'no'} |"
+                f"{_gib(budget_bytes(sl, budget))} | {'yes' if r['fits'] else 'no'} {est}"
             )
     return "\n".join(lines)
 
@@ -362,7 +447,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="AOT memory plan: will the FST train step and sampler fit on a TPU slice?",
     )
     ap.add_argument("--model", default="qwen3_8b", help="named model config (fst_jax.models)")
-    ap.add_argument("--slices", default="v5p-32,v5p-64,v5p-128,v4-64", help=", ".join(SLICES))
+    ap.add_argument(
+        "--slices",
+        default="v5p-32,v5p-64,v5p-128,v4-64",
+        help=f"{', '.join(SLICES)}, or any TPU topology such as v5p:2x4x4 or v6e:8x8",
+    )
+    ap.add_argument(
+        "--compiler",
+        default="tpu",
+        choices=COMPILERS,
+        help="tpu: the real TPU compiler (needs libtpu: pip install 'fst_jax[tpu]'); cpu_proxy: "
+        "XLA:CPU on fake devices as a stand-in (temporaries differ from TPU's)",
+    )
+    ap.add_argument(
+        "--no_estimate", action="store_true", help="skip the step-time estimate (TPU compiler)"
+    )
     ap.add_argument("--problems", type=int, default=32)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--prompt_len", type=int, default=2048)
@@ -400,14 +499,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(str(e))
     slices = [s for s in args.slices.split(",") if s]
     for s in slices:
-        if s not in SLICES:
-            ap.error(f"--slices: unknown slice {s!r}; known: {', '.join(SLICES)}")
+        try:
+            sl = slice_named(s)
+        except ValueError as e:
+            ap.error(f"--slices: {e}")
         for p in points:
-            if p.batch_shards * p.tensor != SLICES[s].chips:
+            if p.batch_shards * p.tensor != sl.chips:
                 ap.error(
                     f"--mesh {p.label()} uses {p.batch_shards * p.tensor} devices but {s} has "
-                    f"{SLICES[s].chips} chips; give meshes per slice (run one slice at a time)"
+                    f"{sl.chips} chips; give meshes per slice (run one slice at a time)"
                 )
+    if args.compiler == "tpu" and any(slice_named(s).topology for s in slices):
+        from fst_jax.aot.tpu import libtpu_available
+
+        if not libtpu_available():
+            ap.error(
+                "--compiler=tpu needs libtpu: pip install 'fst_jax[tpu]' (jax[tpu] matching "
+                "your jax), or pass --compiler=cpu_proxy for the labelled XLA:CPU stand-in"
+            )
     workload = Workload(
         args.problems,
         args.group,
@@ -429,13 +538,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         sampler=not args.no_sampler,
         timeout_s=args.timeout_s,
         lock_file=args.lock_file,
+        compiler=args.compiler,
+        estimate=not args.no_estimate,
     )
     wall = time.perf_counter() - t0
+    compiler = (
+        "XLA:TPU (libtpu), compile only"
+        if args.compiler == "tpu"
+        else "XLA:CPU on fake devices as a PROXY for TPU (temporaries differ)"
+    )
     print(
         f"AOT memory plan: {args.model}, {workload.problems} problems × G={workload.group} = "
         f"{workload.rows} rows, {workload.prompt_len} prompt + {workload.response_len} response "
         f"tokens, params {args.param_dtype} / compute {args.dtype}, AdamW; budget "
-        f"{args.budget:.0%} of HBM; sizes per chip in GiB; XLA:CPU compiler as a proxy for TPU; "
+        f"{args.budget:.0%} of HBM; sizes per chip in GiB; compiler: {compiler}; "
         f"wall {wall:.0f}s\n"
     )
     if args.markdown:

@@ -86,7 +86,6 @@ def _block(n: int) -> int:
     return next(b for b in (512, 256, 128) if n % b == 0)
 
 
-@functools.cache
 def _splash_kernel(heads: int, t: int, s: int, interpret: bool):
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
@@ -102,8 +101,8 @@ def _splash_kernel(heads: int, t: int, s: int, interpret: bool):
         block_q_dq=bq,
         block_kv_dq=bkv,
     )
-    with jax.ensure_compile_time_eval():  # concrete mask tables: the cached kernel outlives traces
-        return sa.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=interpret)
+    # Built per trace (its mask tables become constants of the trace that builds it).
+    return sa.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=interpret)
 
 
 def _splash_local(q, k, v, q_seg, kv_seg, *, interpret: bool):
