@@ -7,7 +7,7 @@
 #
 # Usage (see launch/README.md):
 #   launch/tpu_pod.sh --project=my-proj --zone=us-east5-a --accelerator_type=v5p-32 \
-#       --name=fst-v5p32 --config=experiments/configs/paper.py --workdir=gs://my-bucket/fst/run1 \
+#       --name=fst-v5p32 --config=experiments/configs/paper_codeio.py --workdir=gs://my-bucket/fst/run1 \
 #       [--action=up] [--runtime_version=v2-alpha-tpuv5] [--spot] [--repo=URL --branch=main] \
 #       [--dry_run] [-- extra fst-train flags...]
 #
@@ -87,7 +87,17 @@ if [[ "${ACTION}" == "up" || "${ACTION}" == "run" ]]; then
   [[ -n "${WORKDIR}" ]] || missing+=("--workdir")
 fi
 if ((${#missing[@]} > 0)); then
-  die "missing required flag(s) for --action=${ACTION}: ${missing[*]}. Example: ${PROG} --project=my-proj --zone=us-east5-a --accelerator_type=v5p-32 --name=fst-v5p32 --config=experiments/configs/paper.py --workdir=gs://bucket/fst/run1 (add --dry_run to only print the plan)."
+  die "missing required flag(s) for --action=${ACTION}: ${missing[*]}. Example: ${PROG} --project=my-proj --zone=us-east5-a --accelerator_type=v5p-32 --name=fst-v5p32 --config=experiments/configs/paper_codeio.py --workdir=gs://bucket/fst/run1 (add --dry_run to only print the plan)."
+fi
+
+# The config file must exist in the code the workers get (this checkout, unless --repo).
+if [[ -n "${CONFIG}" && -z "${REPO}" ]] && [[ "${ACTION}" == "up" || "${ACTION}" == "run" ]]; then
+  config_file="${CONFIG%%:*}"
+  script_dir="${BASH_SOURCE[0]%/*}"
+  [[ "${script_dir}" == "${BASH_SOURCE[0]}" ]] && script_dir="."
+  if [[ ! -f "${script_dir}/../${config_file}" ]]; then
+    die "--config=${CONFIG}: ${config_file} is not a file of this checkout (workers run fst-train from its root). Pick one of experiments/configs/*.py, e.g. --config=experiments/configs/paper_codeio.py."
+  fi
 fi
 
 if [[ -z "${RUNTIME_VERSION}" ]]; then

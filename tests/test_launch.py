@@ -20,7 +20,7 @@ FLAGS = [
     "--zone=us-east5-a",
     "--accelerator_type=v5p-32",
     "--name=fst-v5p32",
-    "--config=experiments/configs/paper.py:it's here",
+    "--config=experiments/configs/fst_paper.py:it's here",
     "--workdir=gs://bucket/fst/run1",
 ]
 
@@ -43,6 +43,19 @@ def test_tpu_script_syntax_and_shellcheck():
         )
     res = _run([sc, "--severity=style", TPU_POD])
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_tpu_script_refuses_a_config_that_does_not_exist():
+    """The README's example once named experiments/configs/paper.py, which does not exist."""
+    flags = [f for f in FLAGS if not f.startswith("--config=")]
+    res = _run(["bash", TPU_POD, *flags, "--config=experiments/configs/paper.py", "--dry_run"])
+    assert res.returncode == 2
+    assert "experiments/configs/paper.py is not a file of this checkout" in res.stderr
+    assert "paper_codeio.py" in res.stderr
+    res = _run(
+        ["bash", TPU_POD, *flags, "--config=experiments/configs/paper_codeio.py", "--dry_run"]
+    )
+    assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.parametrize(
@@ -136,7 +149,7 @@ def test_tpu_dry_run_plan_matches_what_runs(tmp_path):
     remote = next(a for a in run_cmd if a.startswith("--command=")).split("=", 1)[1]
     tail = remote.split(".venv/bin/fst-train", 1)[1].split(">", 1)[0]
     assert shlex.split(tail) == [
-        "--config=experiments/configs/paper.py:it's here",
+        "--config=experiments/configs/fst_paper.py:it's here",
         "--workdir=gs://bucket/fst/run1",
         "--rl_steps=12",
         "--note=a b",
