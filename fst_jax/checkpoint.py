@@ -18,14 +18,13 @@ corruption of both.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
-import shutil
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -33,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fst_jax import errors as _errors
+from fst_jax import paths
 
 CHECKPOINT_DIR = "checkpoints"
 # Config keys that may change between a run and its resumption (length, logging, paths).
@@ -100,7 +100,8 @@ class Checkpointer:
     """orbax ``CheckpointManager`` for one run's workdir.
 
     Args:
-      workdir: the run directory; checkpoints live in ``<workdir>/checkpoints``.
+      workdir: the run directory or URI (gs://...); checkpoints live in
+        ``<workdir>/checkpoints``.
       flat_config: the run's flattened config (see :func:`flatten_config`).
       max_to_keep: keep-N policy.
       allow_foreign: accept checkpoints whose config fingerprint differs (explicit resume of
@@ -117,7 +118,11 @@ class Checkpointer:
     ) -> None:
         if max_to_keep < 1:
             raise ValueError(f"checkpoint.keep must be >= 1, got {max_to_keep}")
-        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        self.directory = paths.workdir_path(workdir) / CHECKPOINT_DIR
+        try:
+            paths.require_checkpoint_support(self.directory)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
         self.flat_config = dict(flat_config)
         self.fingerprint = config_fingerprint(self.flat_config)
         self._cleanup_tmp()
@@ -147,7 +152,8 @@ class Checkpointer:
             return
         for p in self.directory.iterdir():
             if ".orbax-checkpoint-tmp" in p.name:
-                shutil.rmtree(p, ignore_errors=True)
+                with contextlib.suppress(OSError):  # a concurrent cleanup got there first
+                    p.rmtree()
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -248,7 +254,7 @@ def restore_params(
     read, and the fingerprint is not checked (a probe is a new run by design). ``keys`` is the
     params' path inside the saved state (the controller saves them under ``train/params``).
     """
-    path = Path(checkpoint_dir).absolute()
+    path = paths.workdir_path(checkpoint_dir)
     if (path / CHECKPOINT_DIR).is_dir():
         path = path / CHECKPOINT_DIR
     if not path.is_dir():

@@ -52,7 +52,7 @@ import jax
 import numpy as np
 
 from fst_jax import checkpoint as ckpt_lib
-from fst_jax import distributed, evaluation, metrics, rl, sampling, settings, sharding
+from fst_jax import distributed, evaluation, metrics, paths, rl, sampling, settings, sharding
 from fst_jax import gepa as gepa_lib
 from fst_jax.gepa.round import budget_warning
 from fst_jax.rows import RowShardedSampler, RowShardedTask
@@ -151,7 +151,7 @@ class Controller:
     def __init__(self, config: Any, workdir: str | Path, *, model=None, reflection_lm=None) -> None:
         from fst_jax.tasks import get_task
 
-        self.config, self.workdir = config, Path(workdir)
+        self.config, self.workdir = config, paths.workdir_path(workdir)  # gs:// stays a URI
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.is_main = jax.process_index() == 0
         c = config
@@ -279,7 +279,7 @@ class Controller:
         latest = self.checkpointer.latest_step()
         path = self.workdir / metrics.METRICS_FILE
         if latest is None:
-            if self.is_main and path.exists() and path.stat().st_size:
+            if self.is_main and path.exists() and path.stat().length:
                 # A previous attempt died before its first checkpoint: its records get redone.
                 log.warning("no checkpoint in %s; restarting %s from scratch", self.workdir, path)
                 metrics.truncate_jsonl(path, 0)

@@ -10,6 +10,9 @@ Resuming: the controller stores :meth:`MetricsWriter.offset` (bytes of JSONL wri
 checkpoint; on resume :func:`truncate_jsonl` cuts the file back to that offset, so the file of a
 resumed run is byte-for-byte the metric stream an uninterrupted run would have written (wall-clock
 fields aside).
+
+The workdir may be a URI (gs://...; see `fst_jax.paths`): the JSONL and the TensorBoard events are
+then written to a local working copy and uploaded after every record.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fst_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"
@@ -67,7 +71,7 @@ class MetricsWriter:
     """Appends metric records to ``<workdir>/metrics.jsonl`` and mirrors scalars to TensorBoard.
 
     Args:
-      workdir: run directory (created if needed).
+      workdir: run directory or URI (created if needed).
       enabled: whether this process writes; default ``jax.process_index() == 0``.
       tensorboard: also write TensorBoard event files under ``<workdir>/tensorboard``.
       resume_step: when resuming, TensorBoard events with a step above this are purged so curves
@@ -87,18 +91,22 @@ class MetricsWriter:
 
             enabled = jax.process_index() == 0
         self.enabled = enabled
-        self.path = Path(workdir) / METRICS_FILE
+        root = paths.workdir_path(workdir)
+        self.path = root / METRICS_FILE
         self._file = None
         self._tb = None
+        self._stage = self._tb_stage = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
+        root.mkdir(parents=True, exist_ok=True)
+        self._stage = paths.StagedFile(self.path)
+        self._file = open(self._stage.local, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             purge = None if resume_step is None else resume_step + 1
-            self._tb = SummaryWriter(str(Path(workdir) / TB_DIR), purge_step=purge)
+            self._tb_stage = paths.StagedDir(root / TB_DIR)
+            self._tb = SummaryWriter(self._tb_stage.local, purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Writes one record; returns it (with builtins) so callers can also print it."""
@@ -113,6 +121,7 @@ class MetricsWriter:
             return record
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
+        self._stage.sync()
         if self._tb is not None:
             for key, value in record.items():
                 if key in ("step", "time"):
@@ -120,6 +129,7 @@ class MetricsWriter:
                 if isinstance(value, bool | int | float):
                     self._tb.add_scalar(key, float(value), int(step))
             self._tb.flush()
+            self._tb_stage.sync()
         return record
 
     def offset(self) -> int:
@@ -133,9 +143,13 @@ class MetricsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+            self._stage.sync()
+            self._stage.cleanup()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+            self._tb_stage.sync()
+            self._tb_stage.cleanup()
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -146,7 +160,7 @@ class MetricsWriter:
 
 def truncate_jsonl(path: str | os.PathLike, offset: int) -> None:
     """Cuts the metrics file back to ``offset`` bytes (records written after a checkpoint)."""
-    path = Path(path)
+    path = paths.workdir_path(path)
     if not path.exists():
         if offset:
             raise FileNotFoundError(
@@ -154,25 +168,29 @@ def truncate_jsonl(path: str | os.PathLike, offset: int) -> None:
                 "written; restore the file or start a fresh --workdir"
             )
         return
-    size = path.stat().st_size
+    size = path.stat().length
     if size < offset:
         raise ValueError(
             f"{path} has {size} bytes but the checkpoint recorded {offset}; the metrics file "
             "was truncated or replaced. Restore it or start a fresh --workdir"
         )
+    if paths.is_remote(path):  # objects are rewritten whole
+        path.write_bytes(path.read_bytes()[:offset])
+        return
     with open(path, "r+b") as f:
         f.truncate(offset)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads a run's records; ``path`` is a workdir or a JSONL file. Bad lines are an error."""
-    path = Path(path)
+    """Reads a run's records; ``path`` is a workdir or a JSONL file (local or a URI). Bad lines
+    are an error."""
+    path = paths.workdir_path(path)
     if path.is_dir():
         path = path / METRICS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no metrics at {path}; pass a workdir written by fst-train")
     records = []
-    with open(path, encoding="utf-8") as f:
+    with path.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fst_jax import metrics
+from fst_jax import metrics, paths
 
 
 def load_runs(workdirs: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
@@ -18,7 +18,11 @@ def load_runs(workdirs: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]
     for wd in workdirs:
         recs = metrics.read_metrics(wd)
         mode = next((r["run/mode"] for r in recs if "run/mode" in r), "run")
-        runs[f"{mode}:{Path(wd).name}"] = {"records": recs, "mode": mode, "workdir": str(wd)}
+        runs[f"{mode}:{paths.workdir_path(wd).name}"] = {
+            "records": recs,
+            "mode": mode,
+            "workdir": str(wd),
+        }
     return runs
 
 
@@ -68,7 +72,9 @@ def plot_kl_vs_reward(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
+    if path is not None:  # a local path or a URI (gs://...): render, then write the bytes
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        paths.workdir_path(path).write_bytes(buf.getvalue())
         plt.close(fig)
     return fig

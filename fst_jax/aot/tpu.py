@@ -59,8 +59,11 @@ def require_libtpu() -> None:
 
 def compile_only_env(chip: Chip, chips: int) -> dict[str, str]:
     """Environment for a compile-only process: keeps libtpu from probing for TPU hosts (the GCE
-    metadata server and worker hostnames do not exist off a TPU VM). Never use it on a TPU VM."""
+    metadata server and worker hostnames do not exist off a TPU VM) and from taking its
+    one-process-per-host lock (compile-only processes may run side by side). Never use it on a
+    TPU VM."""
     return {
+        "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
         "TPU_SKIP_MDS_QUERY": "1",
         "TPU_WORKER_HOSTNAMES": "localhost",
         "TPU_ACCELERATOR_TYPE": f"{chip.name}-{chips * (2 if chip.name in ('v4', 'v5p') else 1)}",
