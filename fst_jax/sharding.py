@@ -1,10 +1,14 @@
 """Device mesh, logical-axis rules and placement helpers — the only module that names mesh axes.
 
 Every parameter and activation carries *logical* axis names (`embed`, `heads`, `batch`, ... from
-`fst_jax.models.decoder`). A rule set maps each logical name to zero or more mesh axes. The
-trainer and the sampler use different rule sets on the same mesh (the sampler keeps weights
-un-FSDP'd so decoding never all-gathers them per token); moving params between the two layouts
-is a `jax.device_put`, never a copy through the host.
+`fst_jax.models.decoder`). A rule set maps each logical name to zero or more mesh axes.
+
+One layout for training and sampling: the sampler decodes with the trainer's FSDP × tensor
+sharded weights (its bf16 copy keeps their shardings), so XLA gathers each layer's weights as
+decode needs them. A separate sampling layout (weights replicated over data × fsdp) would save
+those gathers but hold a second, un-FSDP'd copy of the weights on every chip (16 GiB / tensor
+for an 8B model in bf16) and reshard after every update; it is not implemented, and the memory
+plan (`fst_jax.aot`) counts the layout that runs.
 
 A logical axis whose array dimension is not divisible by its mesh axes' size is replicated
 instead (e.g. SmolLM2's 3 KV heads on a tensor axis of 4): correctness first, and the fallback
@@ -47,10 +51,6 @@ TRAIN_RULES: Rules = (
     ("layers", None),
     ("norm", None),
     ("cache_length", None),
-)
-# Sampling: weights replicated across data/fsdp (no per-token all-gathers), tensor-parallel only.
-SAMPLE_RULES: Rules = tuple(
-    (name, None) if name == "embed" else (name, axes) for name, axes in TRAIN_RULES
 )
 
 

@@ -41,9 +41,6 @@ def test_logical_rules_and_fallbacks():
     # 2 KV heads on a tensor axis of 4: replicated rather than an invalid split.
     spec = sharding.logical_to_mesh_spec(P("embed", "kv_heads", "head_dim"), (64, 2, 16), mesh)
     assert spec == P("fsdp", None, None)
-    # Sampling rules keep weights un-FSDP'd.
-    spec = sharding.logical_to_mesh_spec(P("embed", "mlp"), (64, 128), mesh, sharding.SAMPLE_RULES)
-    assert spec == P(None, "tensor")
     # A mesh axis is never used twice in one spec.
     rules = (("a", "tensor"), ("b", "tensor"))
     assert sharding.logical_to_mesh_spec(P("a", "b"), (8, 8), mesh, rules) == P("tensor", None)
