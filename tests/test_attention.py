@@ -101,8 +101,14 @@ def test_decoder_forward_and_prefill_with_splash_on_a_mesh():
     np.testing.assert_allclose(out * real, ref * real, atol=1e-4, rtol=1e-4)
     cache = init_cache(base, 4, 40)
     ref_c = forward(base.replace(attention="xla"), params, tokens, pos, cache)[0]
-    out_c = forward(cfg, params, tokens, pos, cache)[0]
+    with jax.set_mesh(mesh):
+        out_c = jax.jit(lambda p, t, q, c: forward(cfg, p, t, q, c)[0])(params, tokens, pos, cache)
     np.testing.assert_allclose(out_c * real, ref_c * real, atol=1e-4, rtol=1e-4)
+    # Without the mesh on 8 devices: "auto" falls back to XLA, an explicit "splash" says why.
+    out_auto = forward(base.replace(attention="auto"), params, tokens, pos)[0]
+    np.testing.assert_allclose(out_auto, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="needs the mesh to shard the kernel"):
+        forward(cfg, params, tokens, pos)
 
 
 def test_implementation_names():

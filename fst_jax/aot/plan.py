@@ -215,6 +215,8 @@ def _worker(spec: dict[str, Any]) -> None:
     points = [Point(**p) for p in spec["points"]] or default_points(
         sl.chips, spec["model"], spec["tensor_sizes"]
     )
+    if spec.get("attention", "auto") != "auto":
+        points = [dataclasses.replace(p, attention=spec["attention"]) for p in points]
     search_slice(
         spec["model"],
         sl,
@@ -246,6 +248,7 @@ def plan(
     lock_file: str | None = None,
     compiler: str = "tpu",
     estimate: bool = True,
+    attention: str = "auto",
     log=lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict[str, list[dict[str, Any]]]:
     """Run the search for each slice in a fresh subprocess.
@@ -286,6 +289,7 @@ def plan(
             "sampler": sampler,
             "compiler": "tpu" if use_tpu else "cpu_proxy",
             "estimate": estimate,
+            "attention": attention,
         }
         env = dict(os.environ)
         flags = [
@@ -462,6 +466,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--no_estimate", action="store_true", help="skip the step-time estimate (TPU compiler)"
     )
+    ap.add_argument(
+        "--attention",
+        default="auto",
+        choices=("auto", "xla", "splash"),
+        help="attention of every candidate (auto: splash on TPU, XLA on the CPU proxy)",
+    )
     ap.add_argument("--problems", type=int, default=32)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--prompt_len", type=int, default=2048)
@@ -540,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock_file=args.lock_file,
         compiler=args.compiler,
         estimate=not args.no_estimate,
+        attention=args.attention,
     )
     wall = time.perf_counter() - t0
     compiler = (
