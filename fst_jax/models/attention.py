@@ -171,15 +171,12 @@ def attend(
     """The decoder's attention: `impl` from ModelConfig.attention; one-token queries use XLA.
 
     Splash needs the mesh to shard its kernel (`jax.set_mesh`) once there is more than one
-    device: "auto" falls back to XLA without one, an explicit "splash" is an error."""
+    device: "auto" falls back to XLA without one; an explicit "splash" runs the kernel unsharded
+    (correct, but XLA gathers its inputs onto every device)."""
     auto = impl == "auto"
     impl = resolve(impl)
-    if impl == "splash" and jax.sharding.get_abstract_mesh().empty and jax.device_count() > 1:
-        if not auto:
-            raise ValueError(
-                f"attention='splash' on {jax.device_count()} devices needs the mesh to shard the "
-                "kernel: trace under `with jax.set_mesh(mesh):` (or use attention='auto')"
-            )
+    no_mesh = jax.sharding.get_abstract_mesh().empty
+    if auto and impl == "splash" and no_mesh and jax.device_count() > 1:
         impl = "xla"
     if impl == "xla" or q.shape[1] == 1:
         return xla_attention(q, k, v, mask, dtype)
