@@ -263,7 +263,9 @@ def test_loop_corrected_cost_matches_an_unrolled_compile():
     scanned = aot.cost_stats(
         aot.compile_train_step(cfg.replace(scan_layers=True), mesh, w, 1, 64)[0]
     )
+    print("estimate", est["train"], "exact", exact, "scanned", scanned)
     assert est["train"]["flops"] == pytest.approx(exact["flops"], rel=0.05)
+    assert est["train"]["bytes accessed"] == pytest.approx(exact["bytes accessed"], rel=0.25)
     assert scanned["flops"] < 0.8 * exact["flops"]  # what the uncorrected count would say
 
 
