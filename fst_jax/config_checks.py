@@ -338,7 +338,16 @@ def _init_from(c: Any, ctx: CheckContext) -> None:
 @config_check("workdir")
 def _workdir(c: Any, ctx: CheckContext) -> None:
     w = ctx.workdir
-    if w is None or "://" in str(w):  # remote (gs://...) dirs are checked by the checkpointer
+    if w is None:
+        return
+    from fst_jax import paths
+
+    try:  # unservable schemes, a URI that lost a slash, gs:// without its client libraries
+        paths.workdir_path(w)
+        paths.require_checkpoint_support(w)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if "://" in str(w):  # remote (gs://...): nothing to probe locally
         return
     p = Path(os.path.expanduser(str(w)))
     if p.exists() and not p.is_dir():

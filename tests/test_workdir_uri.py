@@ -149,3 +149,26 @@ def test_uri_validation(tmp_path):
             paths.workdir_path("s3://bucket/run")
     with pytest.raises(ValueError, match="cannot be served"):
         metrics.MetricsWriter("hdfs://nn/run", enabled=True)
+
+
+def test_fst_train_config_check_refuses_bad_workdir_uris(tmp_path, monkeypatch):
+    """fst-train's config checks run before any model loads: a mangled or unservable workdir
+    URI is a ConfigError there, and no local folder named after it is created."""
+    import importlib.util
+    from pathlib import Path
+
+    from fst_jax import run_setup
+
+    monkeypatch.chdir(tmp_path)
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "cfg_default", repo / "experiments/configs/default.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    with pytest.raises(run_setup.ConfigError, match="lost a slash"):
+        run_setup.validate_config(c, 1, workdir="gs:/bucket/run")
+    with pytest.raises(run_setup.ConfigError, match="cannot be served"):
+        run_setup.validate_config(c, 1, workdir="ftp://host/run")
+    assert not (tmp_path / "gs:").exists()
