@@ -4,6 +4,7 @@
     fst-train --config=experiments/configs/paper_codeio.py --config.model.spec=/ckpt/Qwen3-8B \
               --workdir=gs://bucket/runs/codeio-fst
     fst-train --config.mode=rl --config.rl.lr=1e-5 --workdir=runs/rl
+    fst-train --config=experiments/configs/sft_context_following.py --workdir=runs/sft  # warm start
 
 ``--config.x.y=value`` overrides any key (unknown keys fail with the nearest existing name);
 ``--workdir`` holds metrics.jsonl, TensorBoard events, checkpoints and the KL-vs-reward PNG.
@@ -139,10 +140,15 @@ def main(argv: list[str]) -> None:
         _fail(f"cannot load the config file ({given}): {lines[-1] if lines else type(e).__name__}: "
               "check the path and run the file with python to see its error", e)  # fmt: skip
     try:
-        # Every name, range, file and path first: seconds, before any weights load.
-        controller.validate_config(config, workdir=_WORKDIR.value)
-        ctl = controller.Controller(config, _WORKDIR.value)
-        summary = ctl.run()
+        if config.mode == "sft":  # supervised warm start: its own loop and checks (fst_jax.sft)
+            from fst_jax import sft
+
+            summary, fmt = sft.run(config, _WORKDIR.value), sft.format_summary
+        else:
+            # Every name, range, file and path first: seconds, before any weights load.
+            controller.validate_config(config, workdir=_WORKDIR.value)
+            ctl = controller.Controller(config, _WORKDIR.value)
+            summary, fmt = ctl.run(), controller.format_summary
     except UserError as e:
         if _DEBUG.value:
             traceback.print_exc()
@@ -150,7 +156,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     if jax.process_index() == 0:
-        print(controller.format_summary(summary), flush=True)
+        print(fmt(summary), flush=True)
 
 
 def run() -> None:

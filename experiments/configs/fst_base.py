@@ -10,7 +10,7 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.mode = "fst"  # rl (slow only) | gepa (fast only) | fst | fst_distill
+    c.mode = "fst"  # rl (slow only) | gepa (fast only) | fst | fst_distill | sft (warm start)
     c.seed = 0
     c.num_cycles = 100  # one cycle = one GEPA round + rl.steps_per_cycle RL steps
     # (a task stream takes exactly len(stream) × ceil(task.switch_every / T) cycles)
@@ -134,4 +134,29 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_cycles = 1
     c.checkpoint.keep = 3
+
+    # mode=sft: supervised warm start (fst_jax.sft), cross-entropy on assistant turns.
+    c.sft = ml_collections.ConfigDict()
+    c.sft.data = "context_following"  # generator | .jsonl/.json/.parquet | hf:<id or saved dir>
+    c.sft.data_kwargs = ml_collections.ConfigDict()  # generator kwargs (n, seed) or HF kwargs
+    c.sft.messages_field = "messages"  # column holding [{role, content}, ...]
+    c.sft.hf_split = "train"
+    c.sft.val_data = ""  # '' = the data's held-out split (files: val_fraction by prompt hash)
+    c.sft.val_fraction = 0.05
+    c.sft.val_rows = 128
+    c.sft.steps = 200
+    c.sft.batch_size = 16  # conversations per step
+    c.sft.micro_batches = 1
+    c.sft.max_len = 512  # longer conversations are skipped and counted, never truncated
+    c.sft.length_buckets = "64,128,192,256,384,512"  # padded lengths (one compile each)
+    c.sft.window = 8  # batches per length-sorting window (bucketing by real length)
+    c.sft.lr = 5e-5
+    c.sft.warmup_steps = 10
+    c.sft.b1 = 0.9
+    c.sft.b2 = 0.999
+    c.sft.weight_decay = 0.0
+    c.sft.grad_clip = 1.0  # 0 = off
+    c.sft.eval_every = 50  # validation loss every N steps (and at start and end)
+    c.sft.checkpoint_every = 50
+    c.sft.export = True  # HF checkpoint dir <workdir>/export at the end
     return c

@@ -3,7 +3,7 @@
 advantages  group-relative advantages (registry: grpo, dr_grpo, rloo), flat-group dropping,
             aggregation row weights
 batch       `RLBatch` (training layout + advantages + weights) and `make_batch`
-losses      per-token losses (registry: cispo, grpo, dr_grpo, gspo, fst_distill)
+losses      per-token losses (registry: cispo, grpo, dr_grpo, gspo, fst_distill, sft)
 kl          k1/k2/k3 estimators and the jitted `measure_kl` monitor
 logprobs    chunked vocab projection: log-probs, entropy, full-vocab KL
 train_step  `make_train_step(model_config, mesh, rl_config)` → sharded jitted AdamW update;

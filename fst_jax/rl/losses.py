@@ -163,3 +163,14 @@ def fst_distill_loss(x: TokenInputs, cfg: LossConfig) -> tuple[jax.Array, jax.Ar
     if x.distill_kl is None:
         raise ValueError("fst_distill needs the teacher view (RLBatch.teacher_*)")
     return x.distill_kl, jnp.zeros_like(x.distill_kl)
+
+
+@register_loss("sft", default_advantage=None, default_aggregation="token_mean")
+def sft_loss(x: TokenInputs, cfg: LossConfig) -> tuple[jax.Array, jax.Array]:
+    """Supervised warm start: ℓ_t = −log π_θ(y_t) on demonstration (assistant) tokens.
+
+    The mask picks the assistant turns and the row weights set the average (`token_mean`:
+    the mean NLL over every assistant token of the step, as TRL's SFT loss); advantages and
+    sampler log-probs are ignored.
+    """
+    return -x.logps, jnp.zeros_like(x.logps)

@@ -1,0 +1,44 @@
+"""Supervised warm start of SmolLM2-135M-Instruct on context-following demonstrations (CPU).
+
+Why: the embedded model barely reads its system turn, so FST's contexts have nothing to move
+(issue 21). This teaches the *form* of the answer to follow the context (\\boxed{}, JSON, last
+line, a prefix, length, a worked example's style, a named strategy; plain prose when there is
+no rule) on question families disjoint from the RL tasks (fst_jax/tasks/demos.py).
+
+    fst-train --config=experiments/configs/sft_context_following.py --workdir=runs/sft-cf
+    fst-train --config=experiments/configs/default.py --config.init_from=runs/sft-cf ...  # then RL
+    python experiments/context_effect.py --model runs/sft-cf/export --out <dir>  # measure
+
+Sized for about 20 minutes on 2 otherwise idle CPU cores: 150 steps × 16 conversations
+(about one pass over 2,400 demonstrations of 60-200 tokens).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fst_base import base_config
+
+
+def get_config():
+    c = base_config()
+    c.mode = "sft"
+    c.model.spec = "smollm2-135m-instruct"
+    c.model.dtype = "float32"  # XLA:CPU trains faster in fp32
+    c.model.remat = "none"  # short sequences: no recomputation needed, faster on CPU
+    c.task.name = "math"  # unused by SFT; kept valid for a later init_from run
+    c.sft.data = "context_following"
+    c.sft.data_kwargs.n = 2400
+    c.sft.data_kwargs.seed = 0
+    c.sft.val_rows = 64
+    c.sft.steps = 150
+    c.sft.batch_size = 16
+    c.sft.max_len = 384
+    c.sft.length_buckets = "64,96,128,160,192,256,384"
+    c.sft.lr = 1e-4
+    c.sft.warmup_steps = 10
+    c.sft.grad_clip = 1.0
+    c.sft.eval_every = 50
+    c.sft.checkpoint_every = 50
+    c.checkpoint.keep = 2
+    return c

@@ -1,0 +1,250 @@
+"""Does the context move the model? Reward per task x difficulty x context, with standard errors.
+
+Why: FST's fast weights (a context evolved by GEPA) can only help a model that reads its
+context. This samples one completion per validation problem (n distinct problems, so rollouts
+are independent and SE = sd / sqrt(n)) under each context and scores it with the task's own
+verifier. Every context sees the *same* problems, so the effect of a context against the
+"instruction only" baseline is a paired difference with its own SE.
+
+Contexts (the same texts for the base and the warm-started model):
+  none          no system turn (the chat template's default system prompt, if any)
+  sys_instr     system: the task instruction only
+  sys_format    system: instruction + format rule
+  sys_example   system: instruction + format rule + one worked example (from the train split)
+  user_format   the sys_format text prepended to the user turn instead
+  user_example  the sys_example text prepended to the user turn instead
+
+Math completions are scored twice: `boxed` (only a final \\boxed{} counts, the format the rule
+asks for) and `last_number` (GSM8K-style fallback to the last number).
+
+  PYTHONPATH=$PWD python experiments/context_effect.py --out experiments/results/context_effect/base
+  PYTHONPATH=$PWD python experiments/context_effect.py --model runs/sft/export \\
+      --out experiments/results/context_effect/sft
+  python experiments/context_effect.py --summarize experiments/results/context_effect/base
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONTEXTS = ("none", "sys_instr", "sys_format", "sys_example", "user_format", "user_example")
+# (cell name, task name, task kwargs, instruction, format rule)
+CELLS = {
+    "math_lite": (
+        "math",
+        {"difficulty": "lite", "answer_format": "boxed"},
+        "Solve the arithmetic word problem.",
+        "Show the calculation briefly, then give the final answer as a number inside "
+        "\\boxed{}, for example \\boxed{12}.",
+    ),
+    "math_easy": (
+        "math",
+        {"difficulty": "easy", "answer_format": "boxed"},
+        "Solve the arithmetic word problem.",
+        "Show the calculation briefly, then give the final answer as a number inside "
+        "\\boxed{}, for example \\boxed{12}.",
+    ),
+    "star_tiny": (
+        "star_graph",
+        {"size": "tiny"},
+        "Find the path from the source to the destination using only the listed edges.",
+        "Write the path as comma-separated node numbers from the source to the destination "
+        "inside \\boxed{}, for example \\boxed{3,7,9}.",
+    ),
+}
+
+
+def worked_example(task_name: str, ex) -> str:
+    """One solved train problem, written in the format the rule asks for."""
+    if task_name == "math":
+        sol = ex.metadata["solution"]
+        return f"Example.\nQuestion: {ex.question}\nAnswer: {sol}"
+    path = ex.gold
+    return (
+        f"Example.\nQuestion: {ex.question}\nAnswer: Walking back from the destination gives "
+        f"the path \\boxed{{{path}}}."
+    )
+
+
+def context_texts(cell: str, task) -> dict[str, str]:
+    task_name, _, instr, rule = CELLS[cell]
+    demo = worked_example(task_name, task.examples("train")[0])
+    return {
+        "instr": instr,
+        "format": f"{instr} {rule}",
+        "example": f"{instr} {rule}\n\n{demo}",
+    }
+
+
+def conversation(context: str, texts: dict[str, str], question: str) -> list[dict[str, str]]:
+    if context == "none":
+        return [{"role": "user", "content": question}]
+    where, kind = context.split("_", 1)
+    text = texts[kind]
+    if where == "sys":
+        return [{"role": "system", "content": text}, {"role": "user", "content": question}]
+    return [{"role": "user", "content": f"{text}\n\n{question}"}]
+
+
+def mean_se(x: np.ndarray) -> tuple[float, float]:
+    n = len(x)
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def run(args: argparse.Namespace) -> None:
+    import jax
+
+    from fst_jax.models import load
+    from fst_jax.sampling import Sampler, SamplingParams
+    from fst_jax.tasks import get_task
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config, params, tok = load(args.model)
+    sampler = Sampler(config, tok)
+    sp = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    done = set()
+    rows_path = out / "rows.jsonl"
+    if rows_path.exists():
+        for line in rows_path.open():
+            r = json.loads(line)
+            done.add((r["cell"], r["context"]))
+    meta = {
+        "model": args.model,
+        "n": args.n,
+        "temperature": args.temperature,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "batch": args.batch,
+        "cells": args.cells,
+        "contexts": args.contexts,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    for cell in args.cells.split(","):
+        task_name, kw, _, _ = CELLS[cell]
+        task = get_task(task_name, sizes={"validation": args.n, "train": 8, "test": 1}, **kw)
+        lastnum = (
+            get_task(
+                task_name,
+                sizes={"validation": args.n, "train": 8, "test": 1},
+                **{**kw, "answer_format": "last_number"},
+            )
+            if task_name == "math"
+            else None
+        )
+        exs = task.examples("validation")[: args.n]
+        texts = context_texts(cell, task)
+        (out / f"contexts_{cell}.json").write_text(json.dumps(texts, indent=1))
+        for ci, context in enumerate(args.contexts.split(",")):
+            if (cell, context) in done:
+                continue
+            t0 = time.time()
+            convs = [conversation(context, texts, ex.question) for ex in exs]
+            completions: list[str] = []
+            for b in range(0, len(convs), args.batch):
+                key = jax.random.fold_in(jax.random.PRNGKey(args.seed), ci * 100_000 + b)
+                completions += sampler.generate_chat(params, convs[b : b + args.batch], sp, key)
+            verdicts = task.verify_batch(exs, completions)
+            extra = lastnum.verify_batch(exs, completions) if lastnum else [None] * len(exs)
+            with rows_path.open("a") as f:
+                for ex, c, v, v2 in zip(exs, completions, verdicts, extra, strict=True):
+                    row = {
+                        "cell": cell,
+                        "context": context,
+                        "id": ex.id,
+                        "reward": v.reward,
+                        "status": v.status,
+                        "completion": c,
+                    }
+                    if v2 is not None:
+                        row["reward_last_number"] = v2.reward
+                    f.write(json.dumps(row) + "\n")
+            r = np.array([v.reward for v in verdicts])
+            m, se = mean_se(r)
+            print(
+                f"{cell:10s} {context:13s} reward {m:.3f} ± {se:.3f}  ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
+    summarize(out)
+
+
+def summarize(out: Path) -> str:
+    """README-ready markdown table from rows.jsonl: mean ± SE and paired effect vs sys_instr."""
+    rows = [json.loads(x) for x in (out / "rows.jsonl").open()]
+    by: dict[tuple[str, str], dict[str, float]] = {}
+    for r in rows:
+        by.setdefault((r["cell"], r["context"]), {})[r["id"]] = r
+    lines = [
+        "| cell | context | n | reward (verifier) ± SE | effect vs sys_instr ± SE | "
+        "math: last-number reward ± SE |",
+        "|---|---|---|---|---|---|",
+    ]
+    summary = []
+    for (cell, context), rs in sorted(
+        by.items(), key=lambda kv: (kv[0][0], CONTEXTS.index(kv[0][1]))
+    ):
+        ids = sorted(rs)
+        r = np.array([rs[i]["reward"] for i in ids])
+        m, se = mean_se(r)
+        base = by.get((cell, "sys_instr"), {})
+        common = [i for i in ids if i in base]
+        if context != "sys_instr" and len(common) > 1:
+            d = np.array([rs[i]["reward"] - base[i]["reward"] for i in common])
+            dm, dse = mean_se(d)
+            z = dm / dse if dse > 0 else float("nan")
+            eff = f"{dm:+.3f} ± {dse:.3f} (z={z:+.1f})" if dse > 0 else f"{dm:+.3f} ± 0"
+        else:
+            dm = dse = float("nan")
+            eff = "—"
+        ln = ""
+        if "reward_last_number" in rs[ids[0]]:
+            lm, lse = mean_se(np.array([rs[i]["reward_last_number"] for i in ids]))
+            ln = f"{lm:.3f} ± {lse:.3f}"
+        lines.append(f"| {cell} | {context} | {len(ids)} | {m:.3f} ± {se:.3f} | {eff} | {ln} |")
+        summary.append(
+            {
+                "cell": cell,
+                "context": context,
+                "n": len(ids),
+                "mean": m,
+                "se": se,
+                "effect": dm,
+                "effect_se": dse,
+            }
+        )
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="model spec or HF dir")
+    ap.add_argument("--out", default="experiments/results/context_effect/base")
+    ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--contexts", default=",".join(CONTEXTS))
+    ap.add_argument("--n", type=int, default=128, help="validation problems (1 rollout each)")
+    ap.add_argument("--batch", type=int, default=64, help="rows per sampler call (memory)")
+    ap.add_argument("--max_new_tokens", type=int, default=96)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--summarize", default="", help="only rebuild the table of this out dir")
+    args = ap.parse_args()
+    if args.summarize:
+        summarize(Path(args.summarize))
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
