@@ -20,6 +20,7 @@ asks for) and `last_number` (GSM8K-style fallback to the last number).
   PYTHONPATH=$PWD python experiments/context_effect.py --out experiments/results/context_effect/base
   PYTHONPATH=$PWD python experiments/context_effect.py --model runs/sft/export \\
       --out experiments/results/context_effect/sft
+  PYTHONPATH=$PWD python experiments/context_effect.py --init_from runs/sft  # a checkpoint
   python experiments/context_effect.py --summarize experiments/results/context_effect/base
 """
 
@@ -108,6 +109,14 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config, params, tok = load(args.model)
+    if args.init_from:  # weights of an fst-train checkpoint (e.g. an SFT run) on this model
+        from fst_jax import checkpoint as ckpt_lib
+
+        step = None if args.init_from_step < 0 else args.init_from_step
+        params, meta = ckpt_lib.restore_params(
+            args.init_from, ckpt_lib.abstract_like(params), step, keys=("train", "params")
+        )
+        print(f"params from {args.init_from} step {meta['step']}", flush=True)
     sampler = Sampler(config, tok)
     sp = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     done = set()
@@ -118,7 +127,10 @@ def run(args: argparse.Namespace) -> None:
             done.add((r["cell"], r["context"]))
     meta = {
         "model": args.model,
+        "init_from": args.init_from,
+        "init_from_step": args.init_from_step,
         "n": args.n,
+        "samples": args.samples,
         "temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
@@ -146,19 +158,22 @@ def run(args: argparse.Namespace) -> None:
             if (cell, context) in done:
                 continue
             t0 = time.time()
-            convs = [conversation(context, texts, ex.question) for ex in exs]
+            rows = [(ex, k) for ex in exs for k in range(args.samples)]
+            convs = [conversation(context, texts, ex.question) for ex, _ in rows]
             completions: list[str] = []
             for b in range(0, len(convs), args.batch):
                 key = jax.random.fold_in(jax.random.PRNGKey(args.seed), ci * 100_000 + b)
                 completions += sampler.generate_chat(params, convs[b : b + args.batch], sp, key)
-            verdicts = task.verify_batch(exs, completions)
-            extra = lastnum.verify_batch(exs, completions) if lastnum else [None] * len(exs)
+            row_exs = [ex for ex, _ in rows]
+            verdicts = task.verify_batch(row_exs, completions)
+            extra = lastnum.verify_batch(row_exs, completions) if lastnum else [None] * len(rows)
             with rows_path.open("a") as f:
-                for ex, c, v, v2 in zip(exs, completions, verdicts, extra, strict=True):
+                for (ex, k), c, v, v2 in zip(rows, completions, verdicts, extra, strict=True):
                     row = {
                         "cell": cell,
                         "context": context,
                         "id": ex.id,
+                        "sample": k,
                         "reward": v.reward,
                         "status": v.status,
                         "completion": c,
@@ -176,49 +191,59 @@ def run(args: argparse.Namespace) -> None:
 
 
 def summarize(out: Path) -> str:
-    """README-ready markdown table from rows.jsonl: mean ± SE and paired effect vs sys_instr."""
+    """README-ready markdown table from rows.jsonl: mean ± SE and paired effect vs sys_instr.
+
+    With several rollouts per problem, each problem's mean is one observation (SE over
+    problems, clustered), and effects are paired per problem.
+    """
     rows = [json.loads(x) for x in (out / "rows.jsonl").open()]
-    by: dict[tuple[str, str], dict[str, float]] = {}
+    by: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for r in rows:
-        by.setdefault((r["cell"], r["context"]), {})[r["id"]] = r
+        by.setdefault((r["cell"], r["context"]), {}).setdefault(r["id"], []).append(r)
+
+    def per_problem(rs: dict[str, list[dict]], ids: list[str], f) -> np.ndarray:
+        return np.array([np.mean([f(r) for r in rs[i]]) for i in ids])
+
+    reward = lambda r: r["reward"]  # noqa: E731
+    boxed = lambda r: float("\\boxed{" in r["completion"])  # noqa: E731
     lines = [
-        "| cell | context | n | reward (verifier) ± SE | effect vs sys_instr ± SE | "
-        "math: last-number reward ± SE |",
-        "|---|---|---|---|---|---|",
+        "| cell | context | rollouts (problems) | reward ± SE | effect vs sys_instr ± SE | "
+        "\\boxed{} rate ± SE (Δ vs sys_instr) | math: last-number reward ± SE |",
+        "|---|---|---|---|---|---|---|",
     ]
     summary = []
     for (cell, context), rs in sorted(
         by.items(), key=lambda kv: (kv[0][0], CONTEXTS.index(kv[0][1]))
     ):
         ids = sorted(rs)
-        r = np.array([rs[i]["reward"] for i in ids])
-        m, se = mean_se(r)
+        m, se = mean_se(per_problem(rs, ids, reward))
+        bm, bse = mean_se(per_problem(rs, ids, boxed))
         base = by.get((cell, "sys_instr"), {})
         common = [i for i in ids if i in base]
+        dm = dse = bdm = bdse = float("nan")
+        eff, bfx = "—", ""
         if context != "sys_instr" and len(common) > 1:
-            d = np.array([rs[i]["reward"] - base[i]["reward"] for i in common])
+            d = per_problem(rs, common, reward) - per_problem(base, common, reward)
             dm, dse = mean_se(d)
             z = dm / dse if dse > 0 else float("nan")
             eff = f"{dm:+.3f} ± {dse:.3f} (z={z:+.1f})" if dse > 0 else f"{dm:+.3f} ± 0"
-        else:
-            dm = dse = float("nan")
-            eff = "—"
+            bd = per_problem(rs, common, boxed) - per_problem(base, common, boxed)
+            bdm, bdse = mean_se(bd)
+            bfx = f" (Δ {bdm:+.3f} ± {bdse:.3f})"
         ln = ""
-        if "reward_last_number" in rs[ids[0]]:
-            lm, lse = mean_se(np.array([rs[i]["reward_last_number"] for i in ids]))
+        if "reward_last_number" in rs[ids[0]][0]:
+            lm, lse = mean_se(per_problem(rs, ids, lambda r: r["reward_last_number"]))
             ln = f"{lm:.3f} ± {lse:.3f}"
-        lines.append(f"| {cell} | {context} | {len(ids)} | {m:.3f} ± {se:.3f} | {eff} | {ln} |")
-        summary.append(
-            {
-                "cell": cell,
-                "context": context,
-                "n": len(ids),
-                "mean": m,
-                "se": se,
-                "effect": dm,
-                "effect_se": dse,
-            }
+        n_roll = sum(len(rs[i]) for i in ids)
+        lines.append(
+            f"| {cell} | {context} | {n_roll} ({len(ids)}) | {m:.3f} ± {se:.3f} | {eff} | "
+            f"{bm:.3f} ± {bse:.3f}{bfx} | {ln} |"
         )
+        summary.append(
+            {"cell": cell, "context": context, "rollouts": n_roll, "problems": len(ids),
+             "mean": m, "se": se, "effect": dm, "effect_se": dse, "boxed_rate": bm,
+             "boxed_se": bse, "boxed_effect": bdm, "boxed_effect_se": bdse}
+        )  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
@@ -229,10 +254,13 @@ def summarize(out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model spec or HF dir")
+    ap.add_argument("--init_from", default="", help="fst-train workdir whose params to use")
+    ap.add_argument("--init_from_step", type=int, default=-1, help="-1 = latest checkpoint")
     ap.add_argument("--out", default="experiments/results/context_effect/base")
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--contexts", default=",".join(CONTEXTS))
-    ap.add_argument("--n", type=int, default=128, help="validation problems (1 rollout each)")
+    ap.add_argument("--n", type=int, default=128, help="validation problems")
+    ap.add_argument("--samples", type=int, default=1, help="rollouts per problem")
     ap.add_argument("--batch", type=int, default=64, help="rows per sampler call (memory)")
     ap.add_argument("--max_new_tokens", type=int, default=96)
     ap.add_argument("--temperature", type=float, default=1.0)

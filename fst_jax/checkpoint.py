@@ -46,6 +46,10 @@ RESUMABLE_KEYS = (
     "progress",
     "eval.every_cycles",
     "summary",
+    "sft.steps",
+    "sft.eval_every",
+    "sft.checkpoint_every",
+    "sft.export",
 )
 
 

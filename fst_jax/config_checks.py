@@ -157,6 +157,9 @@ def _names(c: Any, ctx: CheckContext) -> None:
     require_enum(c, "gepa.reflection_lm", gepa.list_reflection_lms(), "reflection LM")
     if c.mode != "fst_distill":
         require_enum(c, "rl.loss", rl.list_losses(), "RL loss")
+        if c.rl.loss == "sft":  # registered for mode=sft; on sampled rollouts it is not RL
+            raise ConfigError("the sft loss is the supervised warm start's", "rl.loss", "sft",
+                              "use an RL loss (cispo, grpo, dr_grpo) or --config.mode=sft")  # fmt: skip
         require_enum(c, "rl.advantage", rl.list_advantages(), "advantage estimator")
     require_enum(c, "rl.aggregation", AGGREGATIONS, "loss aggregation")
 

@@ -310,10 +310,10 @@ def rl_task_overlap(rows: list[dict]) -> list[str]:
 
     seen = {r["meta"]["question"] for r in rows}
     hits = []
-    configs = [("math", {"difficulty": d}) for d in ("lite", "easy", "medium", "hard")]
-    configs += [("star_graph", {"size": s}) for s in ("tiny", "easy")]
-    configs += [("physics", {"level": "easy"}), ("codeio", {"num_ops": 1})]
-    for name, kw in configs:
-        task = get_task(name, sizes={"validation": 256, "train": 1, "test": 1}, **kw)
+    configs = [("math", {"difficulty": d}, 256) for d in ("lite", "easy", "medium", "hard")]
+    configs += [("star_graph", {"size": "tiny"}, 32), ("star_graph", {"size": "easy"}, 256)]
+    configs += [("physics", {"level": "easy"}, 256), ("codeio", {"num_ops": 1}, 256)]
+    for name, kw, n in configs:  # n: validation size (star_graph tiny has fewer than 64)
+        task = get_task(name, sizes={"validation": n, "train": 1, "test": 1}, **kw)
         hits += [ex.question for ex in task.examples("validation") if ex.question in seen]
     return hits
