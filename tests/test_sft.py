@@ -13,7 +13,7 @@ import pytest
 from test_controller_e2e import ScriptedLM, tiny_config
 
 from fst_jax import checkpoint as ckpt
-from fst_jax import controller, metrics, rl, sharding
+from fst_jax import controller, gepa, metrics, rl, sharding
 from fst_jax.models import get_config, init_params, save_hf
 from fst_jax.models.hf import _leaf, tensor_specs, to_hf
 from fst_jax.models.testing import tiny_tokenizer
@@ -286,7 +286,8 @@ def test_sft_checkpoint_starts_an_fst_run_and_exports(tmp_path):
     f.model.spec = c.model.spec
     f.init_from = str(tmp_path / "sft")
     f.num_cycles = 1
-    ctl = controller.Controller(f, tmp_path / "fst", reflection_lm=ScriptedLM())
+    lm = gepa.get_reflection_lm("local", generate=ScriptedLM())
+    ctl = controller.Controller(f, tmp_path / "fst", reflection_lm=lm)
     for a, b in zip(jax.tree.leaves(ctl.base_params), jax.tree.leaves(sft_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     out = ctl.run()

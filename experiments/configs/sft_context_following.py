@@ -25,7 +25,7 @@ def get_config():
     c.mode = "sft"
     c.model.spec = "smollm2-135m-instruct"
     c.model.dtype = "float32"  # XLA:CPU trains faster in fp32
-    c.model.remat = "layer"  # keeps the step under ~4 GB RSS (no remat: 8.6 GB, OOM on a shared box)
+    c.model.remat = "layer"  # lower peak RSS (no remat: 8.6 GB, OOM-killed on a shared box)
     c.task.name = "math"  # unused by SFT; kept valid for a later init_from run
     c.sft.data = "context_following"
     c.sft.data_kwargs.n = 2400
