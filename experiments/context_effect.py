@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> None:
         exs = task.examples("validation")[: args.n]
         texts = context_texts(cell, task)
         (out / f"contexts_{cell}.json").write_text(json.dumps(texts, indent=1))
-        for ci, context in enumerate(args.contexts.split(",")):
+        for context in args.contexts.split(","):
+            ci = CONTEXTS.index(context)  # the same keys whatever order contexts are given in
             if (cell, context) in done:
                 continue
             t0 = time.time()

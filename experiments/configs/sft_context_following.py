@@ -9,8 +9,11 @@ no rule) on question families disjoint from the RL tasks (fst_jax/tasks/demos.py
     fst-train --config=experiments/configs/default.py --config.init_from=runs/sft-cf ...  # then RL
     python experiments/context_effect.py --model runs/sft-cf/export --out <dir>  # measure
 
-Sized for well under 20 minutes on 2 otherwise idle CPU cores: 40 steps × 16 conversations
-(640 demonstrations of 35-190 tokens), 2 micro-batches with per-layer remat (peak RSS ~4 GB).
+Sized for 2 CPU cores: 20 steps × 16 conversations (320 demonstrations of 35-190 tokens),
+2 micro-batches with per-layer remat. Measured on a 2-core machine shared with ~6 other jobs
+(load average ~20): 24 min wall including model load, 3 compilations and validation; peak RSS
+7.6 GB (experiments/results/sft_warm_start/README.md). Alone on 2 cores it should take a
+fraction of that (about 30 s per step under contention, most of it waiting for CPU).
 """
 
 import os
@@ -31,7 +34,7 @@ def get_config():
     c.sft.data_kwargs.n = 2400
     c.sft.data_kwargs.seed = 0
     c.sft.val_rows = 32
-    c.sft.steps = 40
+    c.sft.steps = 20  # LR is constant after warm-up: the first 20 of a longer run are identical
     c.sft.batch_size = 16
     c.sft.max_len = 384
     c.sft.length_buckets = "96,192,384"  # few buckets: each is one compilation
