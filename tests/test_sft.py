@@ -308,3 +308,37 @@ def test_sft_config_errors(tmp_path):
         trainer.SFTRun(sft_config(length_buckets="128,256"), tmp_path / "b")
     with pytest.raises(ConfigError, match="registered generator"):
         trainer.SFTRun(sft_config(data="nope.jsonl"), tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_fst_train_cli_runs_sft_and_rejects_the_sft_loss_in_rl(tmp_path):
+    """The real app: `fst-train --config.mode=sft` dispatches to the SFT loop and prints its
+    summary; `rl.loss=sft` in an RL run is a one-line config error."""
+    import subprocess
+    import sys
+
+    from fst_subprocess import BOOT, REPO, tiny_flags
+
+    flags = [
+        f"--config={REPO / 'experiments/configs/sft_context_following.py'}",
+        "--config.mode=sft",
+        "--config.model.spec=random:tiny_llama,max_position_embeddings=1024",
+        "--config.sft.steps=2",
+        "--config.sft.batch_size=2",
+        "--config.sft.data_kwargs.n=8",
+        "--config.sft.val_rows=2",
+        "--config.sft.max_len=1024",
+        "--config.sft.length_buckets=512,1024",
+        "--config.sft.export=False",
+        "--config.mesh.devices=1",
+    ]
+    env_cmd = [sys.executable, "-c", BOOT, f"--workdir={tmp_path / 'sft'}", *flags]
+    out = subprocess.run(env_cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mode=sft  steps=2" in out.stdout and "val loss" in out.stdout
+    assert (tmp_path / "sft/checkpoints/2").is_dir()
+
+    bad = [sys.executable, "-c", BOOT, f"--workdir={tmp_path / 'rl'}",
+           *tiny_flags(1, "--config.mode=rl", "--config.rl.loss=sft")]  # fmt: skip
+    out = subprocess.run(bad, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "rl.loss='sft'" in out.stderr, out.stderr[-2000:]
