@@ -288,7 +288,10 @@ def test_sft_checkpoint_starts_an_fst_run_and_exports(tmp_path):
     f.num_cycles = 1
     lm = gepa.get_reflection_lm("local", generate=ScriptedLM())
     ctl = controller.Controller(f, tmp_path / "fst", reflection_lm=lm)
-    for a, b in zip(jax.tree.leaves(ctl.base_params), jax.tree.leaves(sft_params)):
+    start = ctl.init_params if getattr(ctl, "init_params", None) is not None else ctl.base_params
+    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(ctl.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(sft_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     out = ctl.run()
     assert out["steps"] == 2 and out["kl_to_base_end"] > 0
