@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.11",
     "scipy>=1.17",
     "tqdm>=4.70",
+    "aiohttp>=3.14",  # fst-serve
 ]
 
 TEST_REQUIRES = [
@@ -60,5 +61,11 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2026.9.0", "google-cloud-storage>=3.0"],
         "data": ["reasoning-gym==0.1.25"],
     },
-    entry_points={"console_scripts": ["fst-train=fst_jax.main:run"]},
+    entry_points={
+        "console_scripts": [
+            "fst-train=fst_jax.main:run",
+            "fst-export=fst_jax.serve.export:run",
+            "fst-serve=fst_jax.serve.server:run",
+        ]
+    },
 )

@@ -1,0 +1,269 @@
+"""The JAX backend: chat requests → rows of the jitted sampler, and its outputs → choices.
+
+Shapes a client can reach are all bucketed, so a warmed-up server never recompiles:
+  * rows: the sampler's batch buckets; prompt tokens: its task buckets;
+  * new tokens: `MAX_NEW_BUCKETS` (a row asking for fewer is cut on the host);
+  * the Pareto contexts sit in ONE prompt bank built at start-up (`build_bank`); a request for
+    ``NAME/ctx{i}`` selects bank slot i by index, so contexts never reach the task tokens;
+  * temperature is applied through the weights, not the compiled program: the final RMSNorm's
+    scale divided by T scales every logit by 1/T (logits are linear in it), and the sampler runs
+    at temperature 1 — any temperature reuses the same executable (checked against
+    `decoder.forward` in the tests). Greedy (temperature 0) and each distinct top_p are
+    compiled variants; at most `max_top_p_variants` top_p values are accepted.
+A conversation the bank cannot split (a client system message, a template that renders it
+differently) takes the "raw" path: its whole rendered prompt is the task tokens.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from fst_jax import sampling
+from fst_jax.models import decoder
+from fst_jax.sampling.sampler import default_kernel_layout
+from fst_jax.serve.batching import GroupKey, Row, RowOut
+from fst_jax.serve.protocol import APIError, ChatRequest, Choice, bad
+from fst_jax.serve.runs import ServedModel
+
+MAX_NEW_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def row_id(seed: int, choice: int) -> int:
+    """A non-negative int32 row id from (seed, choice index): the row's sample depends only on
+    it, its prompt and the sampling settings — never on which requests share the call."""
+    return zlib.crc32(f"{seed}/{choice}".encode()) & 0x7FFFFFFF
+
+
+def tempered(params: Any, temperature: float) -> Any:
+    """Params whose logits are the originals / temperature (final norm scale / T)."""
+    if temperature == 1.0:
+        return params
+    out = dict(params)
+    out["norm"] = {**params["norm"], "scale": params["norm"]["scale"] / np.float32(temperature)}
+    return out
+
+
+def decode_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Per-token text deltas whose concatenation is the decoded text (incremental detokenizing:
+    a token ending inside a multi-byte character yields "" until the character completes)."""
+    pieces: list[str] = []
+    prefix, read = 0, 0
+    for k in range(len(ids)):
+        before = tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
+        now = tokenizer.decode(ids[prefix : k + 1], skip_special_tokens=True)
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            pieces.append(now[len(before) :])
+            prefix, read = read, k + 1
+        else:
+            pieces.append("")
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    if "".join(pieces) != full:  # a tokenizer whose windows decode differently: one piece
+        pieces = [full] + [""] * (len(ids) - 1) if ids else []
+    return pieces
+
+
+def finish(tokenizer: Any, out: RowOut, max_tokens: int, stop: tuple[str, ...]) -> Choice:
+    """A row's generated ids → Choice: cut at `max_tokens` and at the first stop string."""
+    ids = out.token_ids[:max_tokens]
+    reason = "stop" if out.finished and len(out.token_ids) <= max_tokens else "length"
+    pieces = decode_pieces(tokenizer, ids)
+    if stop:
+        text, longest = "", max(len(s) for s in stop)
+        for k, piece in enumerate(pieces):
+            start = max(0, len(text) - longest)
+            text += piece
+            hits = [p for p in (text.find(s, start) for s in stop) if p >= 0]
+            if hits:
+                cut = min(hits)
+                kept = pieces[:k] + [piece[: max(0, cut - (len(text) - len(piece)))]]
+                return Choice(text[:cut], kept, "stop", k + 1)
+    return Choice("".join(pieces), pieces, reason, len(ids))
+
+
+class JaxBackend:
+    """Owns the prepared weights, the sampler, the prompt bank, and request planning."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        *,
+        default_max_tokens: int = 512,
+        max_top_p_variants: int = 4,
+        seed: int = 0,
+        batch_buckets: tuple[int, ...] = BATCH_BUCKETS,
+    ) -> None:
+        tok = model.tokenizer
+        if tok is None or getattr(tok, "chat_template", None) is None:
+            raise ValueError(
+                f"{model.name}: the tokenizer has no chat template; serve an instruct model's "
+                "checkpoint (its tokenizer files carry the template)"
+            )
+        layout = default_kernel_layout()
+        config, params = decoder.to_kernel_layout(model.config, model.params, layout)
+        self.params = sampling.cast_params_for_sampling(config, params)
+        self.config, self.tokenizer, self.model = config, tok, model
+        self.sampler = sampling.Sampler(
+            config, tok, batch_buckets=batch_buckets, kernel_layout=layout
+        )
+        self.limit = config.max_position_embeddings
+        self.default_max_tokens = default_max_tokens
+        self.max_top_p_variants = max_top_p_variants
+        self.top_ps: set[float] = {1.0}
+        self.key = jax.random.key(seed)
+        self._rng = random.Random()
+        self.raw = sampling.raw_bank(tok)
+        self.bank, self.prefixes, self.suffix = None, [], []
+        texts = model.context_texts
+        try:
+            lay = sampling.ChatLayout(tok)
+            self.prefixes = [lay.encode_context(t) for t in texts] + [list(lay.no_context_ids)]
+            longest = max(len(p) for p in self.prefixes)
+            self.bank = sampling.build_bank(
+                tok, texts, max_prompts=max(1, len(texts)), max_len=-(-longest // 16) * 16
+            )
+            self.suffix = list(lay.suffix_ids)
+        except ValueError:  # a template the bank cannot split: every request takes the raw path
+            self.bank = None
+
+    # ---------------------------------------------------------------- planning (event loop)
+
+    def _render(self, messages: list[dict[str, str]]) -> list[int]:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as e:  # jinja raises for role orders a template refuses
+            raise bad(f"the model's chat template rejects these messages: {e}", "messages") from e
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _task_bucket(self, n: int) -> int:
+        for b in self.sampler.task_buckets:
+            if n <= b:
+                return b
+        raise bad(
+            f"the prompt has {n} tokens; this server's longest prompt is "
+            f"{self.sampler.task_buckets[-1]} tokens",
+            "messages",
+            "context_length_exceeded",
+        )
+
+    def plan(self, req: ChatRequest, context: int | None) -> tuple[GroupKey, list[Row], int, int]:
+        """(group key, rows, prompt tokens, max_tokens) of a request; APIError if it cannot run."""
+        messages = req.messages
+        if context is not None:
+            ctx = self.model.contexts[context]["text"]
+            if messages[0]["role"] == "system":  # the client's system text follows the context
+                sys_text = ctx + "\n\n" + messages[0]["content"]
+                messages = [{"role": "system", "content": sys_text}] + messages[1:]
+            else:
+                messages = [{"role": "system", "content": ctx}] + messages
+        full = self._render(messages)
+        slot, task = 0, full
+        path = "raw"
+        if self.bank is not None:
+            pre = self.prefixes[self.bank.no_context if context is None else context]
+            suf = self.suffix
+            mid = full[len(pre) : len(full) - len(suf)]
+            if full[: len(pre)] == pre and full[len(full) - len(suf) :] == suf and mid:
+                path, task = "bank", mid
+                slot = self.bank.no_context if context is None else context
+        if path == "bank":
+            used = self.bank.max_len + self._task_bucket(len(task)) + self.bank.suffix.shape[0]
+        else:
+            used = 2 + self._task_bucket(len(task))
+        room = self.limit - used
+        if room < 1:
+            raise bad(
+                f"the prompt has {len(full)} tokens (padded to {used} positions), which leaves "
+                f"no room to generate within the model's {self.limit} positions",
+                "messages",
+                "context_length_exceeded",
+            )
+        max_tokens = req.max_tokens or min(self.default_max_tokens, room)
+        if max_tokens > room:
+            raise bad(
+                f"max_tokens={max_tokens} is too large: the prompt has {len(full)} tokens "
+                f"(padded to {used} positions) and the model has {self.limit}; use max_tokens "
+                f"<= {room}",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        max_new = next((b for b in MAX_NEW_BUCKETS if b >= max_tokens), max_tokens)
+        max_new = min(max_new, room)
+        greedy = req.temperature == 0.0
+        if req.top_p not in self.top_ps:
+            if len(self.top_ps) >= self.max_top_p_variants:
+                raise bad(
+                    f"top_p={req.top_p}: this server compiles one program per top_p and already "
+                    f"holds {sorted(self.top_ps)}; use one of them (or restart with a larger "
+                    "--max_top_p_variants)",
+                    "top_p",
+                )
+            self.top_ps.add(req.top_p)
+        key = GroupKey(
+            path, greedy, 1.0 if greedy else req.temperature, 1.0 if greedy else req.top_p, max_new
+        )
+        base = req.seed if req.seed is not None else self._rng.getrandbits(62)
+        rows = [Row(list(task), slot, row_id(base, i)) for i in range(req.n)]
+        return key, rows, len(full), max_tokens
+
+    # ---------------------------------------------------------------- the sampler call (worker)
+
+    def run(self, key: GroupKey, rows: list[Row]) -> list[RowOut]:
+        sp = sampling.SamplingParams(
+            temperature=1.0, top_p=key.top_p, max_new_tokens=key.max_new, greedy=key.greedy
+        )
+        bank = self.bank if key.path == "bank" else self.raw
+        idx = np.asarray([r.slot if key.path == "bank" else 0 for r in rows], np.int32)
+        tasks = self.sampler.pad_tasks([r.task_ids for r in rows])
+        params = self.params if key.greedy else tempered(self.params, key.temperature)
+        out = self.sampler.sample(
+            params, bank, idx, tasks, self.key, sp,
+            row_ids=np.asarray([r.row_id for r in rows], np.int32),
+        )  # fmt: skip
+        gen = np.asarray(out.completion_tokens)
+        lens, fin = np.asarray(jax.device_get(out.completion_lengths)), np.asarray(out.finished)
+        res = []
+        for b in range(len(rows)):
+            ids = gen[b, : lens[b]].tolist()
+            res.append(RowOut(ids[:-1] if fin[b] else ids, bool(fin[b])))
+        return res
+
+    def warmup(self, max_batch: int, max_tokens: int = 0) -> int:
+        """Compile the bank path's batch buckets up to `max_batch` (shortest prompt bucket, the
+        default max-tokens bucket, sampled and greedy); returns the number of calls made."""
+        from fst_jax.serve.protocol import ChatRequest
+
+        req = ChatRequest(model="", messages=[{"role": "user", "content": "Hi"}])
+        calls = 0
+        for greedy in (False, True):
+            r = ChatRequest(
+                model="", messages=req.messages, temperature=0.0 if greedy else 1.0,
+                max_tokens=max_tokens or None,
+            )  # fmt: skip
+            key, rows, _, _ = self.plan(r, None)
+            for b in self.sampler.batch_buckets:
+                if b > max_batch:
+                    break
+                self.run(key, [rows[0]] * b)
+                calls += 1
+        return calls
+
+
+def resolve_model(names: dict[str, int | None], model: str) -> int | None:
+    """A model name → context slot (None = no context); 404 naming the served names."""
+    if model not in names:
+        raise APIError(
+            404,
+            f"The model {model!r} does not exist on this server; available: "
+            f"{', '.join(list(names)[:12])}{' ...' if len(names) > 12 else ''}",
+            param="model",
+            code="model_not_found",
+        )
+    return names[model]
