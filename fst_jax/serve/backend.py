@@ -81,7 +81,7 @@ def finish(tokenizer: Any, out: RowOut, max_tokens: int, stop: tuple[str, ...]) 
             hits = [p for p in (text.find(s, start) for s in stop) if p >= 0]
             if hits:
                 cut = min(hits)
-                kept = pieces[:k] + [piece[: max(0, cut - (len(text) - len(piece)))]]
+                kept = [*pieces[:k], piece[: max(0, cut - (len(text) - len(piece)))]]
                 return Choice(text[:cut], kept, "stop", k + 1)
     return Choice("".join(pieces), pieces, reason, len(ids))
 
@@ -160,9 +160,9 @@ class JaxBackend:
             ctx = self.model.contexts[context]["text"]
             if messages[0]["role"] == "system":  # the client's system text follows the context
                 sys_text = ctx + "\n\n" + messages[0]["content"]
-                messages = [{"role": "system", "content": sys_text}] + messages[1:]
+                messages = [{"role": "system", "content": sys_text}, *messages[1:]]
             else:
-                messages = [{"role": "system", "content": ctx}] + messages
+                messages = [{"role": "system", "content": ctx}, *messages]
         full = self._render(messages)
         slot, task = 0, full
         path = "raw"

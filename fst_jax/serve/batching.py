@@ -182,7 +182,7 @@ class BatchEngine:
             t0 = time.perf_counter()
             try:
                 outs = self.backend.run(key, rows)
-            except Exception as e:  # noqa: BLE001 - handed to each waiting request
+            except Exception as e:
                 self.stats["failed_calls"] += 1
                 for j in jobs:
                     j._resolve(error=e)

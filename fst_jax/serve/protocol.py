@@ -104,8 +104,10 @@ def _content(m: Any, i: int) -> str:
     if isinstance(c, list):  # content parts: only text is understood
         parts = []
         for p in c:
-            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(
-                p.get("text"), str
+            if (
+                not isinstance(p, dict)
+                or p.get("type") != "text"
+                or not isinstance(p.get("text"), str)
             ):
                 raise bad(
                     f"messages[{i}].content: only text parts ({{'type': 'text', 'text': ...}}) "
@@ -167,7 +169,7 @@ def parse_chat(body: Any, *, max_n: int) -> ChatRequest:
         messages=messages,
         n=_integer(body, "n", 1, max_n) or 1,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0) or _raise_top_p(),
+        top_p=_top_p(body),
         max_tokens=max_tokens,
         stop=stops,
         seed=_integer(body, "seed", -(1 << 63), (1 << 63) - 1),
@@ -176,8 +178,11 @@ def parse_chat(body: Any, *, max_n: int) -> ChatRequest:
     )
 
 
-def _raise_top_p() -> float:
-    raise bad("'top_p' must be > 0 (1 disables nucleus sampling)", "top_p")
+def _top_p(body: dict[str, Any]) -> float:
+    p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if p == 0.0:
+        raise bad("'top_p' must be > 0 (1 disables nucleus sampling)", "top_p")
+    return p
 
 
 @dataclasses.dataclass

@@ -109,7 +109,11 @@ def _model_skeleton(flat: dict[str, Any]) -> tuple[Any, Any, str]:
         path, over["name"] = embedded_checkpoint_dir(), CONFIG_NAME
     if os.path.isdir(path):
         name = over.pop("name", os.path.basename(os.path.normpath(path)))
-        return config_from_hf(read_hf_config(path), name=name, **over), load_tokenizer_dir(path), spec
+        return (
+            config_from_hf(read_hf_config(path), name=name, **over),
+            load_tokenizer_dir(path),
+            spec,
+        )
     if os.path.isfile(path):
         reader = open_gguf(path)
         name = over.pop("name", os.path.splitext(os.path.basename(path))[0])
@@ -149,7 +153,9 @@ def _contexts(host: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def load_run(workdir: str | os.PathLike, step: int | None = None, *, name: str | None = None) -> ServedModel:
+def load_run(
+    workdir: str | os.PathLike, step: int | None = None, *, name: str | None = None
+) -> ServedModel:
     """The policy and Pareto contexts of checkpoint `step` (default: latest) of an fst-train run."""
     import orbax.checkpoint as ocp
 
@@ -164,7 +170,9 @@ def load_run(workdir: str | os.PathLike, step: int | None = None, *, name: str |
         meta = dict(mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
         flat = meta.get("config") or {}
         if "model.spec" not in flat:
-            raise RunError(f"checkpoint step {step} in {ckpts} has no saved run config (model.spec)")
+            raise RunError(
+                f"checkpoint step {step} in {ckpts} has no saved run config (model.spec)"
+            )
         config, tokenizer, spec = _model_skeleton(flat)
         dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
@@ -226,6 +234,6 @@ def load_spec(spec: str, *, name: str | None = None, seed: int = 0) -> ServedMod
     if os.path.isfile(cpath):
         with open(cpath) as f:
             contexts = list(json.load(f)["contexts"])
-    label = name or os.path.basename(os.path.normpath(spec)) if not spec.startswith("random:") else spec
+    label = spec if spec.startswith("random:") else os.path.basename(os.path.normpath(spec))
     return ServedModel(name=name or label, config=config, params=params, tokenizer=tokenizer,
                        contexts=contexts, source=spec)  # fmt: skip

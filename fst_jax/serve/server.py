@@ -125,9 +125,7 @@ class App:
         choices = [finish(self.backend.tokenizer, o, max_tokens, req.stop) for o in outs]
         cid = protocol.completion_id()
         if not req.stream:
-            return web.json_response(
-                protocol.chat_response(cid, req.model, choices, prompt_tokens)
-            )
+            return web.json_response(protocol.chat_response(cid, req.model, choices, prompt_tokens))
         return await self._stream(request, req, cid, choices, prompt_tokens)
 
     async def _stream(
@@ -212,7 +210,7 @@ class ServerThread:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._serve())
-        except BaseException as e:  # noqa: BLE001 - reported to start()
+        except BaseException as e:
             self._error = e
             self._ready.set()
 
