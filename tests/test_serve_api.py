@@ -1,0 +1,307 @@
+"""fst-serve over loopback with the real `openai` client, on a tiny random policy.
+
+Oracles: greedy replies must equal `models.generate.greedy_generate` on the conversation
+rendered by the chat template with the context as the system turn (the server instead selects
+that context by prompt-bank slot); seeded samples must not depend on which requests share a
+sampler call; the temperature-through-weights identity is checked on `decoder.forward`.
+"""
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import openai
+import pytest
+
+from fst_jax.models import decoder
+from fst_jax.models.generate import greedy_generate
+from fst_jax.sampling import num_compilations
+from fst_jax.serve import load_spec, serving
+from fst_jax.serve.backend import decode_pieces, tempered
+
+CONTEXTS = ["Answer in one word.", "You are a careful assistant. Think first."]
+MSG = [{"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture(scope="module")
+def served():
+    model = load_spec("random:tiny_llama", seed=3)
+    model.contexts = [
+        {"index": i, "id": 10 + i, "text": t, "mean_score": 0.5 - i / 10, "coverage": 1,
+         "on_front": True}
+        for i, t in enumerate(CONTEXTS)
+    ]  # fmt: skip
+    with serving(model, max_batch=8, max_n=4, default_max_tokens=8) as srv:
+        client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=120)
+        yield model, srv, client
+
+
+def oracle(model, messages, max_new):
+    tok = model.tokenizer
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tok.encode(text, add_special_tokens=False)
+    (out,) = greedy_generate(model.config, model.params, [ids], max_new, tok.eos_token_id)
+    if out and out[-1] == tok.eos_token_id:
+        out = out[:-1]
+    return tok.decode(out, skip_special_tokens=True), len(ids), len(out)
+
+
+def post(url, data: bytes, content_type="application/json"):
+    req = urllib.request.Request(
+        url + "/chat/completions", data=data, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_models_list_one_name_per_context(served):
+    model, _, client = served
+    ids = [m.id for m in client.models.list().data]
+    assert ids == [model.name, f"{model.name}/ctx0", f"{model.name}/ctx1"]
+    card = client.models.retrieve(f"{model.name}/ctx1")
+    assert card.id == f"{model.name}/ctx1" and card.context["text"] == CONTEXTS[1]
+
+
+@pytest.mark.parametrize("slot", [None, 0, 1])
+def test_greedy_matches_reference_generation(served, slot):
+    model, _, client = served
+    name = model.name if slot is None else f"{model.name}/ctx{slot}"
+    r = client.chat.completions.create(model=name, messages=MSG, temperature=0, max_tokens=8)
+    messages = MSG if slot is None else [{"role": "system", "content": CONTEXTS[slot]}, *MSG]
+    want, n_prompt, n_out = oracle(model, messages, 8)
+    assert r.choices[0].message.content == want
+    assert r.usage.prompt_tokens == n_prompt and r.usage.completion_tokens == n_out
+    assert r.choices[0].finish_reason == ("length" if n_out == 8 else "stop")
+    assert r.usage.total_tokens == n_prompt + r.usage.completion_tokens
+    assert r.object == "chat.completion" and r.model == name
+
+
+def test_client_system_message_joins_the_context(served):
+    model, _, client = served
+    msgs = [{"role": "system", "content": "Be terse."}, *MSG]
+    r = client.chat.completions.create(
+        model=f"{model.name}/ctx0", messages=msgs, temperature=0, max_tokens=8
+    )
+    joined = [{"role": "system", "content": CONTEXTS[0] + "\n\nBe terse."}, *MSG]
+    assert r.choices[0].message.content == oracle(model, joined, 8)[0]
+
+
+def test_streaming_equals_non_streaming(served):
+    model, _, client = served
+    kw = dict(model=f"{model.name}/ctx0", messages=MSG, max_tokens=8, seed=7, n=2)
+    full = client.chat.completions.create(**kw)
+    chunks = list(
+        client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True})
+    )
+    text, reasons = ["", ""], [None, None]
+    for ch in chunks[:-1]:
+        assert ch.object == "chat.completion.chunk" and ch.id == chunks[0].id
+        for c in ch.choices:
+            text[c.index] += c.delta.content or ""
+            reasons[c.index] = c.finish_reason or reasons[c.index]
+    assert text == [c.message.content for c in full.choices]
+    assert reasons == [c.finish_reason for c in full.choices]
+    assert chunks[-1].choices == [] and chunks[-1].usage == full.usage
+
+
+def test_n_choices_seeded_and_batch_invariant(served):
+    model, _, client = served
+    kw = dict(model=model.name, messages=MSG, max_tokens=8, temperature=1.3, top_p=0.9)
+    a = client.chat.completions.create(**kw, n=4, seed=11)
+    assert [c.index for c in a.choices] == [0, 1, 2, 3]
+    texts = [c.message.content for c in a.choices]
+    assert len(set(texts)) > 1  # independent rows
+    lengths = {c.finish_reason for c in a.choices}
+    if lengths == {"length"}:
+        assert a.usage.completion_tokens == 4 * 8
+    # The same seed alone, and inside a batch with other requests: the same samples.
+    b = client.chat.completions.create(**kw, n=4, seed=11)
+    results = {}
+
+    def call(i):
+        results[i] = client.chat.completions.create(**kw, n=1 if i else 4, seed=11 if i == 0 else i)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [c.message.content for c in b.choices] == texts
+    assert [c.message.content for c in results[0].choices] == texts
+    c = client.chat.completions.create(**kw, n=4, seed=12)
+    assert [x.message.content for x in c.choices] != texts
+
+
+def test_usage_counts_and_stop_strings(served):
+    model, _, client = served
+    r = client.chat.completions.create(model=model.name, messages=MSG, temperature=0, max_tokens=8)
+    text = r.choices[0].message.content
+    want, _, n_out = oracle(model, MSG, 8)
+    assert text == want and r.usage.completion_tokens == n_out
+    short = client.chat.completions.create(
+        model=model.name, messages=MSG, temperature=0, max_tokens=3
+    )  # same bucket, cut on the host
+    assert short.usage.completion_tokens == min(3, n_out)
+    assert text.startswith(short.choices[0].message.content.rstrip("\ufffd"))
+    # A stop string taken from the greedy reply cuts it there, finish_reason "stop".
+    visible = text.replace("\ufffd", "")
+    if len(visible) >= 3:
+        stop = visible[1:3]
+        s = client.chat.completions.create(
+            model=model.name, messages=MSG, temperature=0, max_tokens=8, stop=[stop, "zzzz"]
+        )
+        assert s.choices[0].message.content == text[: text.find(stop)]
+        assert s.choices[0].finish_reason == "stop"
+        assert s.usage.completion_tokens <= r.usage.completion_tokens
+
+
+def test_decode_pieces_concatenate_to_the_text(served):
+    model, _, _ = served
+    tok = model.tokenizer
+    for text in ["héllo wörld", "日本語 ok", "plain ascii"]:
+        ids = tok.encode(text, add_special_tokens=False)
+        pieces = decode_pieces(tok, ids)
+        assert len(pieces) == len(ids) and "".join(pieces) == text
+        assert all("\ufffd" not in p for p in pieces)
+
+
+def test_temperature_through_the_final_norm_is_exact():
+    model = load_spec("random:tiny_llama", seed=1)
+    tokens = np.arange(1, 13, dtype=np.int32).reshape(2, 6)
+    base, _ = decoder.forward(model.config, model.params, tokens)
+    for t in (0.25, 0.7, 1.9):
+        hot, _ = decoder.forward(model.config, tempered(model.params, t), tokens)
+        np.testing.assert_allclose(np.asarray(hot), np.asarray(base) / t, rtol=2e-5, atol=2e-5)
+
+
+def test_concurrent_requests_share_sampler_calls_without_recompiling(served):
+    model, srv, client = served
+    kw = dict(model=f"{model.name}/ctx1", max_tokens=8)
+
+    def burst(temperature, tag):
+        out, threads = {}, []
+        for i in range(8):
+            msgs = [{"role": "user", "content": f"Question {tag} number {i}?"}]
+
+            def go(i=i, msgs=msgs):
+                out[i] = client.chat.completions.create(
+                    **kw, messages=msgs, temperature=temperature
+                )
+
+            threads.append(threading.Thread(target=go))
+        with srv.app.engine.held():  # queue all eight, then release them together
+            for t in threads:
+                t.start()
+            deadline = time.time() + 60
+            while srv.app.engine.queued_rows < 8 and time.time() < deadline:
+                time.sleep(0.01)
+        for t in threads:
+            t.join()
+        return out
+
+    calls0 = srv.app.engine.stats["calls"]
+    burst(0.8, "a")  # warm-up of this shape
+    assert srv.app.engine.stats["calls"] - calls0 == 1  # eight requests, one sampler call
+    compiled = num_compilations()
+    out = burst(1.7, "b")  # new texts, new temperature: same executable
+    assert num_compilations() == compiled
+    assert len(out) == 8 and all(r.choices[0].message.content is not None for r in out.values())
+
+
+@pytest.mark.parametrize(
+    "body, status, param, code",
+    [
+        (b"{not json", 400, None, None),
+        (b'["a list"]', 400, None, None),
+        (json.dumps({"messages": MSG}).encode(), 400, "model", None),
+        (json.dumps({"model": "nope", "messages": MSG}).encode(), 404, "model", "model_not_found"),
+        (json.dumps({"model": "M", "messages": []}).encode(), 400, "messages", None),
+        (json.dumps({"model": "M", "messages": [{"role": "robot", "content": "x"}]}).encode(),
+         400, "messages[0]", None),
+        (json.dumps({"model": "M", "messages": MSG, "temperature": 2.5}).encode(), 400,
+         "temperature", None),
+        (json.dumps({"model": "M", "messages": MSG, "top_p": 0}).encode(), 400, "top_p", None),
+        (json.dumps({"model": "M", "messages": MSG, "n": 99}).encode(), 400, "n", None),
+        (json.dumps({"model": "M", "messages": MSG, "max_tokens": 0}).encode(), 400,
+         "max_tokens", None),
+        (json.dumps({"model": "M", "messages": MSG, "max_tokens": 100000}).encode(), 400,
+         "max_tokens", "context_length_exceeded"),
+        (json.dumps({"model": "M", "messages": MSG, "stop": ["a"] * 5}).encode(), 400, "stop",
+         None),
+        (json.dumps({"model": "M", "messages": MSG, "seed": "x"}).encode(), 400, "seed", None),
+        (json.dumps({"model": "M", "messages": MSG, "tools": [{"type": "function"}]}).encode(),
+         400, "tools", None),
+        (json.dumps({"model": "M", "messages": [{"role": "user", "content": "word " * 400}]})
+         .encode(), 400, "messages", "context_length_exceeded"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_openai_error_bodies(served, body, status, param, code):
+    model, srv, _ = served
+    body = body.replace(b'"M"', json.dumps(model.name).encode())
+    got, doc = post(srv.url, body)
+    assert got == status, doc
+    err = doc["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["param"] == param and err["code"] == code
+
+
+def test_openai_client_raises_typed_errors(served):
+    model, _, client = served
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="nope", messages=MSG)
+    with pytest.raises(openai.BadRequestError, match=r"context_length_exceeded|max_tokens"):
+        client.chat.completions.create(model=model.name, messages=MSG, max_tokens=10**5)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model=model.name, messages=MSG, temperature=-1)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model=model.name, prompt="x")  # no legacy endpoint
+    # ...and the server still answers.
+    assert client.chat.completions.create(model=model.name, messages=MSG, max_tokens=8).choices
+
+
+def test_top_p_variants_are_bounded(served):
+    model, _, client = served
+    for p in (0.5, 0.6, 0.7, 0.8):
+        try:
+            client.chat.completions.create(model=model.name, messages=MSG, top_p=p, max_tokens=1)
+        except openai.BadRequestError as e:
+            assert "top_p" in str(e) and "compiles one program per top_p" in str(e)
+            break
+    else:
+        pytest.fail("a fifth top_p value was accepted past max_top_p_variants=4")
+
+
+def test_disconnect_before_dispatch_frees_its_rows(served):
+    model, srv, client = served
+    engine = srv.app.engine
+    body = json.dumps(
+        {"model": model.name, "messages": MSG, "n": 3, "max_tokens": 8, "stream": True}
+    ).encode()
+    before = engine.stats["rows_cancelled"]
+    with engine.held():
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.time() + 30
+        while engine.queued_rows < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.queued_rows == 3
+        s.close()  # the client goes away while its job waits
+        while engine.queued_rows and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.queued_rows == 0
+    deadline = time.time() + 30
+    while engine.stats["rows_cancelled"] == before and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.stats["rows_cancelled"] - before == 3
+    assert client.chat.completions.create(model=model.name, messages=MSG, max_tokens=8).choices
