@@ -128,7 +128,7 @@ def test_cli_export_then_serve(run, tmp_path):
     assert bad.returncode == 2 and "does not exist" in bad.stderr
     proc = subprocess.Popen(
         [sys.executable, "-c", boot.format(m="server"), f"--workdir={workdir}", "--port=0",
-         "--max_batch=2", "--default_max_tokens=4"],
+         "--max_batch=2", "--default_max_tokens=4", "--nowarmup"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:

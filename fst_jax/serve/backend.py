@@ -235,16 +235,17 @@ class JaxBackend:
             res.append(RowOut(ids[:-1] if fin[b] else ids, bool(fin[b])))
         return res
 
-    def warmup(self, max_batch: int, max_tokens: int = 0) -> int:
+    def warmup(
+        self, max_batch: int, max_tokens: int = 0, greedy: tuple[bool, ...] = (False, True)
+    ) -> int:
         """Compile the bank path's batch buckets up to `max_batch` (shortest prompt bucket, the
-        default max-tokens bucket, sampled and greedy); returns the number of calls made."""
-        from fst_jax.serve.protocol import ChatRequest
-
+        max-tokens bucket of `max_tokens` or the default, sampled and/or greedy); returns the
+        number of sampler calls made."""
         req = ChatRequest(model="", messages=[{"role": "user", "content": "Hi"}])
         calls = 0
-        for greedy in (False, True):
+        for g in greedy:
             r = ChatRequest(
-                model="", messages=req.messages, temperature=0.0 if greedy else 1.0,
+                model="", messages=req.messages, temperature=0.0 if g else 1.0,
                 max_tokens=max_tokens or None,
             )  # fmt: skip
             key, rows, _, _ = self.plan(r, None)
