@@ -305,3 +305,25 @@ def test_disconnect_before_dispatch_frees_its_rows(served):
         time.sleep(0.01)
     assert engine.stats["rows_cancelled"] - before == 3
     assert client.chat.completions.create(model=model.name, messages=MSG, max_tokens=8).choices
+
+
+def test_planning_paths_without_contexts():
+    """No contexts: the bank holds only the no-context row; a client system message that the
+    template renders in its place takes the raw path (whole prompt as task tokens)."""
+    from fst_jax.serve.backend import JaxBackend
+    from fst_jax.serve.protocol import ChatRequest
+
+    b = JaxBackend(load_spec("random:tiny_llama"))
+    key, rows, n_prompt, max_tokens = b.plan(ChatRequest(model="m", messages=MSG, n=3), None)
+    assert key.path == "bank" and [r.slot for r in rows] == [b.bank.no_context] * 3
+    assert len({r.row_id for r in rows}) == 3
+    # No max_tokens sent: as many as the 512-position model leaves after the padded prompt.
+    room = 512 - (b.bank.max_len + 32 + b.bank.suffix.shape[0])
+    assert max_tokens == key.max_new == room
+    full = b.tokenizer.apply_chat_template(MSG, tokenize=False, add_generation_prompt=True)
+    ids = b.tokenizer.encode(full, add_special_tokens=False)
+    assert b.no_context_prefix + rows[0].task_ids + b.suffix == ids and n_prompt == len(ids)
+    sys_msgs = [{"role": "system", "content": "Be terse."}, *MSG]
+    key2, rows2, n2, _ = b.plan(ChatRequest(model="m", messages=sys_msgs), None)
+    want = b.tokenizer.apply_chat_template(sys_msgs, tokenize=False, add_generation_prompt=True)
+    assert key2.path == "raw" and rows2[0].task_ids == b.tokenizer.encode(want) and n2 > 0

@@ -119,11 +119,13 @@ class JaxBackend:
         self._rng = random.Random()
         self.raw = sampling.raw_bank(tok)
         self.bank, self.prefixes, self.suffix = None, [], []
+        self.no_context_prefix: list[int] = []
         texts = model.context_texts
         try:
             lay = sampling.ChatLayout(tok)
-            self.prefixes = [lay.encode_context(t) for t in texts] + [list(lay.no_context_ids)]
-            longest = max(len(p) for p in self.prefixes)
+            self.prefixes = [lay.encode_context(t) for t in texts]
+            self.no_context_prefix = list(lay.no_context_ids)
+            longest = max(len(p) for p in [*self.prefixes, self.no_context_prefix])
             self.bank = sampling.build_bank(
                 tok, texts, max_prompts=max(1, len(texts)), max_len=-(-longest // 16) * 16
             )
@@ -167,7 +169,7 @@ class JaxBackend:
         slot, task = 0, full
         path = "raw"
         if self.bank is not None:
-            pre = self.prefixes[self.bank.no_context if context is None else context]
+            pre = self.no_context_prefix if context is None else self.prefixes[context]
             suf = self.suffix
             mid = full[len(pre) : len(full) - len(suf)]
             if full[: len(pre)] == pre and full[len(full) - len(suf) :] == suf and mid:
