@@ -93,7 +93,7 @@ class BatchEngine:
         backend: Backend,
         *,
         max_batch: int = 32,
-        window_s: float = 0.005,
+        window_s: float = 0.025,
         max_queued_rows: int = 1024,
     ) -> None:
         if max_batch < 1 or max_queued_rows < max_batch or window_s < 0:
@@ -172,8 +172,11 @@ class BatchEngine:
                     break
             while not self._hold.wait(0.5) and not self._closed:
                 pass
-            if self.window_s:
-                time.sleep(self.window_s)  # let concurrent requests arrive and join this call
+            # Let concurrent requests (and clients just answered by the last call) join this
+            # call: up to `window_s`, or until a full batch is queued.
+            deadline = time.perf_counter() + self.window_s
+            while time.perf_counter() < deadline and self.queued_rows < self.max_batch:
+                time.sleep(0.001)
             taken = self._take()
             if taken is None:
                 continue

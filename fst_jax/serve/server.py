@@ -170,7 +170,7 @@ def build(
     *,
     max_batch: int = 32,
     max_n: int = 16,
-    window_s: float = 0.005,
+    window_s: float = 0.025,
     max_queued_rows: int = 1024,
     default_max_tokens: int = 512,
     warmup: bool = False,
@@ -278,7 +278,7 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     app = build(
         model, max_batch=f.max_batch, max_n=f.max_n, default_max_tokens=f.default_max_tokens,
-        warmup=f.warmup,
+        warmup=f.warmup, window_s=f.batch_window_ms / 1000,
     )  # fmt: skip
     srv = ServerThread(app, f.host, f.port).start()
     print(f"fst-serve: {', '.join(app.names)} on {srv.url}", flush=True)
@@ -302,6 +302,9 @@ def run() -> None:
     flags.DEFINE_string("host", "127.0.0.1", "Address to bind.")
     flags.DEFINE_integer("port", 8000, "Port (0 = any free port; the URL is printed).")
     flags.DEFINE_integer("max_batch", 32, "Most rows one sampler call takes.")
+    flags.DEFINE_float(
+        "batch_window_ms", 25.0, "How long a sampler call waits for more requests to join it."
+    )
     flags.DEFINE_integer("max_n", 16, "Largest n (choices) one request may ask for.")
     flags.DEFINE_integer("default_max_tokens", 512, "max_tokens when a request sends none.")
     flags.DEFINE_boolean("warmup", True, "Compile the batch buckets before serving.")
