@@ -23,6 +23,9 @@ from fst_jax.sampling import num_compilations
 from fst_jax.serve import load_spec, serving
 from fst_jax.serve.backend import decode_pieces, tempered
 
+# Each test compiles sampler shapes for the tiny model: seconds alone, minutes on a loaded box.
+pytestmark = pytest.mark.slow
+
 CONTEXTS = ["Answer in one word.", "You are a careful assistant. Think first."]
 MSG = [{"role": "user", "content": "Name a colour."}]
 
