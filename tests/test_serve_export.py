@@ -145,3 +145,27 @@ def test_cli_export_then_serve(run, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_skeleton_of_an_embedded_run_matches_the_trained_model():
+    """For real-model runs the exporter rebuilds config + tokenizer from the saved run config
+    without reading base weights; it must describe exactly what fst-train trained."""
+    from test_controller_e2e import load_config
+
+    from fst_jax.checkpoint import flatten_config
+    from fst_jax.models import param_shapes
+    from fst_jax.run_setup import load_model
+    from fst_jax.serve.runs import _model_skeleton
+
+    c = load_config()  # the embedded default: smollm2-135m-instruct
+    config, tokenizer, spec = _model_skeleton(flatten_config(c.to_dict()))
+    want_config, params, want_tok = load_model(c)
+    assert spec == c.model.spec and config == want_config
+    shapes = param_shapes(config)
+    assert jax.tree.structure(shapes) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(shapes), jax.tree.leaves(params)):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+    msgs = [{"role": "user", "content": "x"}]
+    assert tokenizer.apply_chat_template(msgs, tokenize=False) == want_tok.apply_chat_template(
+        msgs, tokenize=False
+    )
