@@ -330,3 +330,21 @@ def test_planning_paths_without_contexts():
     key2, rows2, n2, _ = b.plan(ChatRequest(model="m", messages=sys_msgs), None)
     want = b.tokenizer.apply_chat_template(sys_msgs, tokenize=False, add_generation_prompt=True)
     assert key2.path == "raw" and rows2[0].task_ids == b.tokenizer.encode(want) and n2 > 0
+
+
+def test_routes_methods_and_body_size_get_error_bodies(served):
+    _, srv, _ = served
+    base = srv.url.rsplit("/v1", 1)[0]
+    cases = [
+        (urllib.request.Request(base + "/v1/nothing"), 404),
+        (urllib.request.Request(srv.url + "/chat/completions"), 405),  # GET on a POST route
+        (urllib.request.Request(srv.url + "/chat/completions", data=b"x" * (9 << 20)), 413),
+    ]
+    for req, status in cases:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=60)
+        assert e.value.code == status
+        err = json.loads(e.value.read())["error"]
+        assert err["message"] and set(err) == {"message", "type", "param", "code"}
+    with urllib.request.urlopen(base + "/health", timeout=60) as r:
+        assert json.loads(r.read())["status"] == "ok"
