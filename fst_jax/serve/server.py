@@ -122,7 +122,10 @@ class App:
             raise protocol.bad(str(e)) from e
         except EngineClosed as e:
             raise APIError(503, str(e), type="server_error") from e
-        choices = [finish(self.backend.tokenizer, o, max_tokens, req.stop) for o in outs]
+        tok = self.backend.tokenizer  # detokenizing long replies: off the event loop
+        choices = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: [finish(tok, o, max_tokens, req.stop) for o in outs]
+        )
         cid = protocol.completion_id()
         if not req.stream:
             return web.json_response(protocol.chat_response(cid, req.model, choices, prompt_tokens))
