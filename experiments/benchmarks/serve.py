@@ -195,6 +195,9 @@ def main() -> None:
     p.add_argument("--out", default="", help="directory for results.json")
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    commit = subprocess.run(  # read now: the code this run imports
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     from fst_jax.models.embedded import embedded_checkpoint_dir
 
     model = load_spec("smollm2-135m-instruct", name="smollm2")
@@ -223,9 +226,6 @@ def main() -> None:
             }
             print(f"fst_jax / hf  C={c}: tokens/s x{ratios[c]['tokens_per_s']:.2f}, p50 latency "
                   f"x{ratios[c]['latency_p50']:.2f}")  # fmt: skip
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-    ).stdout.strip()
     doc = {
         "command": " ".join(["python", *sys.argv]),
         "commit": commit,
