@@ -193,6 +193,9 @@ def main() -> None:
     p.add_argument("--max_tokens", type=int, default=32)
     p.add_argument("--sides", default="fst_jax,hf")
     p.add_argument("--out", default="", help="directory for results.json")
+    p.add_argument(
+        "--torch_threads", type=int, default=0, help="torch intra-op threads for hf (0: default)"
+    )
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     commit = subprocess.run(  # read now: the code this run imports
@@ -210,6 +213,10 @@ def main() -> None:
             app.backend.warmup(max_batch, args.max_tokens, greedy=(False,))
             print(f"fst_jax warm-up {time.perf_counter() - t0:.1f} s", flush=True)
         elif side == "hf":
+            if args.torch_threads:
+                import torch
+
+                torch.set_num_threads(args.torch_threads)
             backend = HFBackend(embedded_checkpoint_dir(), model.tokenizer, args.max_tokens)
             app = build(model, max_batch=max_batch, backend=backend)
         else:
