@@ -84,6 +84,8 @@ def test_export_an_earlier_step_and_errors(run, tmp_path):
         load_run(str(workdir), 12345)
     with pytest.raises(RunError, match="does not exist"):
         load_run(str(tmp_path / "missing"))
+    with pytest.raises(RunError, match="lost a slash"):
+        load_run("gs:/bucket/run")  # never read as a local folder
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(RunError, match="no checkpoint steps"):
         load_run(str(tmp_path / "empty"))

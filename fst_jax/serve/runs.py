@@ -47,10 +47,13 @@ class ServedModel:
 
 
 def _epath(path: str | os.PathLike) -> Any:
-    from etils import epath
+    """The workdir as fst-train resolves it (`fst_jax.paths`): URIs stay URIs, typos are errors."""
+    from fst_jax.paths import workdir_path
 
-    p = epath.Path(path)
-    return p if "://" in str(path) else epath.Path(os.path.abspath(os.fspath(path)))
+    try:
+        return workdir_path(path)
+    except ValueError as e:
+        raise RunError(str(e)) from e
 
 
 def _manager(workdir: str | os.PathLike) -> tuple[Any, Any]:
