@@ -277,7 +277,7 @@ def test_prefix_cache_and_shared_prefill_equal_the_full_prefill(tok, model, sp):
     key = jax.random.PRNGKey(5)
     full = Sampler(cfg, tok, prefix_cache=False).sample(params, bank, idx, tasks, key, sp)
     shared_sampler = Sampler(cfg, tok)
-    fixed, row_pair = shared_sampler._shared_inputs(
+    _, row_pair = shared_sampler._shared_inputs(
         bank, np.asarray(idx, np.int32), shared_sampler.encode_tasks(bank, tasks)
     )
     assert len(set(row_pair.tolist())) == 5  # 10 rows, 5 distinct (context, task) pairs
@@ -285,7 +285,9 @@ def test_prefix_cache_and_shared_prefill_equal_the_full_prefill(tok, model, sp):
     assert shared.completion_tokens.tolist() == full.completion_tokens.tolist()
     assert shared.texts == full.texts
     for name in ("prompt_lengths", "completion_lengths", "finished"):
-        assert np.asarray(getattr(shared, name)).tolist() == np.asarray(getattr(full, name)).tolist()
+        assert (
+            np.asarray(getattr(shared, name)).tolist() == np.asarray(getattr(full, name)).tolist()
+        )
     # Same layout up to the (narrower) width: the prompt is cut to the real context bucket.
     w = np.asarray(shared.tokens).shape[1]
     assert w < np.asarray(full.tokens).shape[1]
@@ -312,7 +314,9 @@ def test_prepared_params_are_made_once_per_parameter_version(tok, model, bank):
     assert b is not a
     sp = SamplingParams(greedy=True, max_new_tokens=4)
     r1 = sampler.sample(params, bank, [0], [TASKS[0]], jax.random.PRNGKey(0), sp)
-    r2 = sampler.sample(sampler.prepare_params(params), bank, [0], [TASKS[0]], jax.random.PRNGKey(0), sp)
+    r2 = sampler.sample(
+        sampler.prepare_params(params), bank, [0], [TASKS[0]], jax.random.PRNGKey(0), sp
+    )
     assert r1.completion_tokens.tolist() == r2.completion_tokens.tolist()
     other = Sampler(cfg, tok, kernel_layout="in_out")
     with pytest.raises(ValueError, match="another engine config"):

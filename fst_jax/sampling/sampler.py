@@ -209,9 +209,9 @@ class Sampler:
             return params
         leaves = jax.tree.leaves(params)
         memo = self._prepared
-        if memo is not None and len(memo[0]) == len(leaves):
-            if all(a is b for a, b in zip(memo[0], leaves)):
-                return memo[1]
+        same = memo is not None and len(memo[0]) == len(leaves)
+        if same and all(a is b for a, b in zip(memo[0], leaves)):
+            return memo[1]
         self._prepared = None  # drop the old version before making the new one
         out = params
         if self.cast_params:
