@@ -25,6 +25,9 @@ def get_config():
     c.rl.steps_per_cycle = 3
     c.rl.batch_size = 2  # × G=4 = 8 rollouts per step: one SmolLM2 train step ≈ 30 s on 2 cores
     c.rl.group_size = 4
+    # Bounded train-step memory at any batch size: remat=layer (base default) and at most 2048
+    # tokens per micro-batch (~1.1 MB of activations per token): a 64-row step stays < 8 GB.
+    c.rl.microbatch_tokens = 2048
     c.rl.lr = 2e-5
     c.rl.warmup_steps = 2
     c.gepa.k = 2
