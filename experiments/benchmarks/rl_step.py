@@ -143,6 +143,13 @@ class Ours:
             kw["timings"] = self.timings
             out = orig_sample(*a, **kw)
             marks["sample1"] = time.perf_counter()
+            print(  # progress (a run killed in the update still shows the sampler's figures)
+                f"ours sampled: prefill {self.timings['prefill_s']:.1f} s decode "
+                f"{self.timings['decode_s']:.1f} s, peak RSS "
+                f"{monitor.peak(marks['sample0'], marks['sample1'])} GB",
+                file=sys.stderr,
+                flush=True,
+            )
             return out
 
         inner.sample = sample
