@@ -169,6 +169,7 @@ def _ranges(c: Any, ctx: CheckContext) -> None:
     for key, lo in (
         ("num_cycles", 1), ("seed", 0), ("log_every", 1), ("rl.steps_per_cycle", 1),
         ("rl.batch_size", 1), ("rl.group_size", 1), ("rl.micro_batches", 1),
+        ("rl.microbatch_tokens", 0),
         ("rl.warmup_steps", 0), ("gepa.k", 1), ("gepa.budget", 0), ("gepa.anchor_size", 1),
         ("gepa.minibatch", 1), ("gepa.max_pool", 1), ("gepa.reflection_max_tokens", 1),
         ("sampling.max_new_tokens", 1), ("sampling.max_context_len", 1), ("sampling.top_k", 0),

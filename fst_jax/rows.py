@@ -199,10 +199,11 @@ class RowShardedSampler:
     metrics are then identical everywhere. On one process this is the sampler on the mesh's
     batch shards. `arrays=False` gathers only texts and per-row scalars (GEPA evaluations and
     reflection replies need no token arrays); the [B, S] arrays are trimmed to the widest row
-    rounded up to `trim_to` columns (their tail is all padding; few distinct shapes).
+    rounded up to `trim_to` columns (their tail is all padding; every distinct width compiles the
+    train step once, so the rounding trades padded train compute against compilations).
     """
 
-    def __init__(self, sampler: Any, rows: jax.sharding.Sharding, trim_to: int = 128) -> None:
+    def __init__(self, sampler: Any, rows: jax.sharding.Sharding, trim_to: int = 64) -> None:
         self.sampler, self.rows, self.trim_to = sampler, rows, trim_to
 
     def sample(

@@ -92,6 +92,25 @@ def test_microbatches_give_the_same_update(params, mesh1):
         )
 
 
+def test_token_budget_picks_microbatches_and_matches_explicit_count(params, mesh1):
+    """microbatch_tokens raises the count to fit the budget (to a divisor of the rows), and the
+    update equals the one with that count configured explicitly."""
+    step = make_train_step(CFG, mesh1, RLConfig(microbatch_tokens=32))
+    assert step.microbatches_for(8, 16) == 4  # 128 tokens / 32
+    assert step.microbatches_for(8, 12) == 4  # 96 / 32 = 3 does not divide 8 rows: next, 4
+    assert step.microbatches_for(8, 1000) == 8  # one row per micro-batch at most
+    assert make_train_step(CFG, mesh1, RLConfig()).microbatches_for(8, 1000) == 1  # off
+    two = make_train_step(CFG, mesh1, RLConfig(num_microbatches=2, microbatch_tokens=10**6))
+    assert two.microbatches_for(8, 16) == 2  # never below the configured count
+    batches = [_batch(0)[0], _batch(1)[0]]
+    lr = dict(learning_rate=1e-3, warmup_steps=1)
+    auto_state, auto_m = _run(params, mesh1, RLConfig(microbatch_tokens=32, **lr), batches)
+    ref_state, ref_m = _run(params, mesh1, RLConfig(num_microbatches=4, **lr), batches)
+    for a, b in zip(auto_m, ref_m):
+        assert a == b
+    jax.tree.map(np.testing.assert_array_equal, auto_state.params, ref_state.params)
+
+
 def test_nonfinite_reward_skips_update_and_counts(params, mesh1):
     good, _, r = _batch(2)
     rewards = r["rewards"].copy()

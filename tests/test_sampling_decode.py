@@ -143,8 +143,10 @@ def test_mixed_context_batch_equals_each_row_alone(tok, model, bank):
 
 
 def test_no_recompilation_across_bank_contents_indices_and_tasks(tok, model, bank):
+    """One bucket per dimension (rows, distinct contexts and pairs, context and task length):
+    new bank contents, indices and tasks never compile."""
     cfg, params = model
-    sampler = Sampler(cfg, tok, batch_buckets=(8,), task_buckets=(32,))
+    sampler = Sampler(cfg, tok, batch_buckets=(8,), task_buckets=(32,), prefix_buckets=(64,))
     sp = SamplingParams(temperature=0.9, top_k=40, max_new_tokens=6)
     n = 6  # fixed batch (an RL step's shape); bucket 8 pads it
     sampler.sample(params, bank, [0, 1, 2, 0, 1, 2], TASKS, jax.random.PRNGKey(0), sp)
@@ -253,3 +255,69 @@ def test_generate_chat_equals_uncached_greedy(tok, model):
         assert reply == tok.decode(out, skip_special_tokens=True)
     with pytest.raises(ValueError, match="non-empty list"):
         generate_chat(cfg, params, tok, [[]], sp)
+
+
+@pytest.mark.parametrize(
+    "sp",
+    [
+        SamplingParams(greedy=True, max_new_tokens=8),
+        SamplingParams(temperature=1.0, max_new_tokens=8),
+        SamplingParams(temperature=0.8, top_p=0.9, top_k=30, max_new_tokens=8),
+    ],
+    ids=["greedy", "t1", "topk+topp"],
+)
+def test_prefix_cache_and_shared_prefill_equal_the_full_prefill(tok, model, sp):
+    """fp32: contexts prefilled once, each (context, task) pair once and broadcast to its rows
+    (here 2-3 rows share a pair, like an RL step's G/K rollouts) gives the tokens and log-probs
+    of every row prefilling its whole padded prompt."""
+    cfg, params = model
+    bank = build_bank(tok, CONTEXTS, max_prompts=4, max_len=160)  # rows padded far past use
+    idx = [0, 0, 0, 1, 1, 2, 2, 2, bank.no_context, bank.no_context]
+    tasks = [TASKS[0]] * 3 + [TASKS[1]] * 2 + [TASKS[2], TASKS[2], TASKS[3]] + [TASKS[4]] * 2
+    key = jax.random.PRNGKey(5)
+    full = Sampler(cfg, tok, prefix_cache=False).sample(params, bank, idx, tasks, key, sp)
+    shared_sampler = Sampler(cfg, tok)
+    _, row_pair = shared_sampler._shared_inputs(
+        bank, np.asarray(idx, np.int32), shared_sampler.encode_tasks(bank, tasks)
+    )
+    assert len(set(row_pair.tolist())) == 5  # 10 rows, 5 distinct (context, task) pairs
+    shared = shared_sampler.sample(params, bank, idx, tasks, key, sp)
+    assert shared.completion_tokens.tolist() == full.completion_tokens.tolist()
+    assert shared.texts == full.texts
+    for name in ("prompt_lengths", "completion_lengths", "finished"):
+        assert (
+            np.asarray(getattr(shared, name)).tolist() == np.asarray(getattr(full, name)).tolist()
+        )
+    # Same layout up to the (narrower) width: the prompt is cut to the real context bucket.
+    w = np.asarray(shared.tokens).shape[1]
+    assert w < np.asarray(full.tokens).shape[1]
+    used = int(np.max(np.asarray(full.prompt_lengths) + np.asarray(full.completion_lengths)))
+    assert used <= w
+    for name in ("tokens", "positions", "completion_mask"):
+        a, b = np.asarray(getattr(shared, name)), np.asarray(getattr(full, name))
+        assert a[:, :used].tolist() == b[:, :used].tolist(), name
+    for name in ("logps", "raw_logps"):
+        a, b = np.asarray(getattr(shared, name)), np.asarray(getattr(full, name))
+        np.testing.assert_allclose(a[:, :used], b[:, :used], atol=3e-5, err_msg=name)
+    if not sp.greedy:  # rows sharing a pair still draw their own samples
+        assert shared.completion_tokens[0].tolist() != shared.completion_tokens[1].tolist()
+
+
+def test_prepared_params_are_made_once_per_parameter_version(tok, model, bank):
+    cfg, params = model
+    sampler = Sampler(cfg, tok, kernel_layout="out_in")
+    a = sampler.prepare_params(params)
+    assert sampler.prepare_params(params) is a  # same arrays: memoised
+    assert sampler.prepare_params(a) is a  # already prepared: passed through
+    new = jax.tree.map(lambda x: x + 0, params)  # a new parameter version (an update)
+    b = sampler.prepare_params(new)
+    assert b is not a
+    sp = SamplingParams(greedy=True, max_new_tokens=4)
+    r1 = sampler.sample(params, bank, [0], [TASKS[0]], jax.random.PRNGKey(0), sp)
+    r2 = sampler.sample(
+        sampler.prepare_params(params), bank, [0], [TASKS[0]], jax.random.PRNGKey(0), sp
+    )
+    assert r1.completion_tokens.tolist() == r2.completion_tokens.tolist()
+    other = Sampler(cfg, tok, kernel_layout="in_out")
+    with pytest.raises(ValueError, match="another engine config"):
+        other.sample(a, bank, [0], [TASKS[0]], jax.random.PRNGKey(0), sp)

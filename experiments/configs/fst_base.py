@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.micro_batches = 1
     c.rl.adam_eps = 1e-8
     c.rl.logit_chunk = 128  # sequence positions per chunk of the trainer's vocab projection
+    # > 0: more micro-batches when a step's rows × columns exceed this many tokens per micro-batch
+    # (bounds the train step's activation memory whatever batch size a run picks); 0 = off.
+    c.rl.microbatch_tokens = 0
 
     c.gepa = ml_collections.ConfigDict()
     c.gepa.k = 4  # contexts exported to the bank per cycle (K); G/K rollouts each

@@ -53,6 +53,9 @@ class RLConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = None  # global-norm clip; None = off (paper states none)
     num_microbatches: int = 1
+    # > 0: split further so one micro-batch holds at most this many tokens (rows × columns); the
+    # count is picked per batch shape (activations scale with it; on CPU they are what OOMs).
+    microbatch_tokens: int = 0
     logit_chunk: int = 128  # sequence positions per chunk of the vocab projection
     # The sampling temperature: the trainer's log π uses logits / temperature, matching the
     # sampler's π_old (`Rollouts.raw_logps`), so on-policy ρ = 1 (verl's choice).
@@ -267,6 +270,7 @@ class TrainStep:
     state_shardings: TrainState
     batch_sharding: Any
     jitted: Callable[[TrainState, RLBatch], tuple[TrainState, dict[str, jax.Array]]]
+    _by_count: dict[int, Callable] = dataclasses.field(default_factory=dict)
 
     def init(self, params: Any) -> TrainState:
         """Fresh state on the mesh (params are copied, so donation never frees the caller's)."""
@@ -299,9 +303,36 @@ class TrainStep:
                 "make_batch(..., teacher=(tokens, positions, completion_mask))"
             )
 
+    def microbatches_for(self, rows: int, columns: int) -> int:
+        """Micro-batches for a [rows, columns] batch: `num_microbatches`, raised until one holds
+        at most `microbatch_tokens` tokens (to the nearest count that splits the rows evenly
+        over the batch shards; one row per shard at most)."""
+        cfg = self.rl_config
+        m = cfg.num_microbatches
+        if cfg.microbatch_tokens <= 0:
+            return m
+        shards = sharding.batch_shard_count(self.mesh)
+        want = max(m, -(-rows * columns // cfg.microbatch_tokens))
+        ok = [k for k in range(m, rows + 1) if rows % k == 0 and (rows // k) % shards == 0]
+        ok = [k for k in ok if k % m == 0] or [m]
+        return next((k for k in ok if k >= want), ok[-1])
+
     def __call__(self, state: TrainState, batch: RLBatch) -> tuple[TrainState, dict]:
         self.check_batch(batch)
-        return self.jitted(state, batch)
+        m = self.microbatches_for(batch.num_rows, int(batch.tokens.shape[1]))
+        # (Multi-process: `jitted` may be wrapped for global inputs; keep the configured count.)
+        if m == self.rl_config.num_microbatches or jax.process_count() > 1:
+            return self.jitted(state, batch)
+        if m not in self._by_count:
+            cfg = dataclasses.replace(self.rl_config, num_microbatches=m)
+            fn = train_step_fn(self.model_config, cfg, self.optimizer, self.mesh)
+            self._by_count[m] = jax.jit(
+                fn,
+                in_shardings=(self.state_shardings, self.batch_sharding),
+                out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                donate_argnums=(0,),
+            )
+        return self._by_count[m](state, batch)
 
 
 def make_train_step(

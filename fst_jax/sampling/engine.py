@@ -1,10 +1,14 @@
 """Pure jitted sampling core: prompt composition, prefill, `lax.while_loop` decode, layout.
 
-Two jitted functions, both pure:
+The jitted functions, all pure:
 
 * `prefill(...)` gathers each row's prompt from the bank on device (`compose_prompts`), runs the
   padded prompt block through the decoder into a fresh fixed-size KV cache, and samples the first
   token from each row's last prompt position.
+* `prefill_shared(...)` does the same from deduplicated inputs: each distinct context (bank row)
+  is prefilled once, each distinct (context, task) pair's task + suffix once on top of its
+  context's cached keys/values, and the pair caches are broadcast to the rows that share them
+  (an RL step's G/K rollouts of one problem and context). The sampler uses it by default.
 * `decode(...)` (state donated, so the cache is updated in place) runs one-token decoder steps in a
   `lax.while_loop` until every row has emitted a stop token or `max_new_tokens` tokens.
 * `finalize(state)` assembles the RL "training layout" (see `training_layout`).
@@ -129,6 +133,100 @@ def prefill(
     )
 
 
+def _take_rows(config: ModelConfig, cache: Any, rows: jax.Array, extra: int) -> Any:
+    """Cache rows `rows` (gathered, so rows may repeat) with `extra` empty slots appended."""
+    axis = 1 if config.scan_layers else 0
+
+    def kv(x: jax.Array) -> jax.Array:
+        x = jnp.take(x, rows, axis=axis)
+        pad = [(0, 0)] * x.ndim
+        pad[axis + 1] = (0, extra)
+        return jnp.pad(x, pad)
+
+    pos = jnp.pad(jnp.take(cache["pos"], rows, axis=0), ((0, 0), (0, extra)), constant_values=-1)
+    return {"layers": jax.tree.map(kv, cache["layers"]), "pos": pos, "index": cache["index"]}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "pad_id", "stop_ids"))
+def prefill_shared(
+    config: ModelConfig,
+    sampling: SamplingParams,
+    pad_id: int,
+    stop_ids: tuple[int, ...],
+    params: Any,
+    ctx_tokens: jax.Array,
+    ctx_lengths: jax.Array,
+    suffix: jax.Array,
+    suffix_length: jax.Array,
+    pair_ctx: jax.Array,
+    task_tokens: jax.Array,
+    task_lengths: jax.Array,
+    row_pair: jax.Array,
+    row_ids: jax.Array,
+    key: jax.Array,
+) -> DecodeState:
+    """`prefill` with every context prefilled once and every (context, task) pair once.
+
+    ctx_tokens int32[C, Lp] (the distinct bank rows in use, cut to a length bucket), pair_ctx
+    int32[U] (each distinct (context, task) pair's context), task_tokens int32[U, Lt], row_pair
+    int32[B] (each row's pair). Stage 1 fills a [C, Lp] cache with the contexts; stage 2 runs
+    only each pair's task + suffix tokens, attending to its context's cached keys/values; stage 3
+    broadcasts the pair caches to the B rows (G/K rows share one) and samples each row's first
+    token with its own key. Same state as `prefill` (prompts composed contiguously), except that
+    the cache holds the context in its first Lp slots (padding there has position -1).
+    """
+    c, lp = ctx_tokens.shape
+    u, lt = task_tokens.shape
+    ls = suffix.shape[0]
+    b, tg = row_pair.shape[0], sampling.max_new_tokens
+    j = jnp.arange(lp, dtype=jnp.int32)[None, :]
+    ctx_pos = jnp.where(j < ctx_lengths[:, None], j, -1)
+    cache = decoder.init_cache(config, c, lp)
+    _, cache = decoder.forward(config, params, ctx_tokens, ctx_pos, cache, return_hidden=True)
+
+    # Stage 2: task ++ suffix per pair, at positions after its context.
+    plen = jnp.take(ctx_lengths, pair_ctx)[:, None]
+    tlen = task_lengths[:, None]
+    buf = jnp.concatenate([task_tokens, jnp.broadcast_to(suffix, (u, ls))], axis=1)
+    q = jnp.arange(lt + ls, dtype=jnp.int32)[None, :]
+    src = jnp.where(q < tlen, q, lt + q - tlen)
+    qlen = tlen + suffix_length
+    valid = q < qlen
+    qtok = jnp.where(valid, jnp.take_along_axis(buf, jnp.where(valid, src, 0), axis=1), pad_id)
+    qpos = jnp.where(valid, plen + q, -1).astype(jnp.int32)
+    pair_cache = _take_rows(config, cache, pair_ctx, lt + ls)
+    hidden, pair_cache = decoder.forward(
+        config, params, qtok.astype(jnp.int32), qpos, pair_cache, return_hidden=True
+    )
+    last_hidden = jnp.take_along_axis(hidden, (qlen - 1)[:, :, None], axis=1)[:, 0]
+    logits = decoder.unembed(config, params, last_hidden)  # [U, V]
+
+    # Stage 3: rows.
+    row_cache = _take_rows(config, pair_cache, row_pair, tg)
+    prompt, _, prompt_len = compose_prompts(
+        ctx_tokens, ctx_lengths, suffix, suffix_length, jnp.take(pair_ctx, row_pair),
+        jnp.take(task_tokens, row_pair, axis=0), jnp.take(task_lengths, row_pair), pad_id,
+    )  # fmt: skip
+    row_keys = row_keys_from(key, row_ids)
+    tok, logp, raw = select_tokens(
+        jnp.take(logits, row_pair, axis=0), step_keys(row_keys, jnp.int32(0)), sampling
+    )
+    zeros = jnp.zeros((b, tg), jnp.float32)
+    return DecodeState(
+        cache=row_cache,
+        prompt=prompt,
+        prompt_len=prompt_len,
+        gen=jnp.full((b, tg), pad_id, jnp.int32).at[:, 0].set(tok),
+        logps=zeros.at[:, 0].set(logp),
+        raw_logps=zeros.at[:, 0].set(raw),
+        gen_len=jnp.ones((b,), jnp.int32),
+        done=_is_stop(tok, stop_ids),
+        last=tok,
+        step=jnp.ones((), jnp.int32),
+        row_keys=row_keys,
+    )
+
+
 def _decode_step(
     config: ModelConfig,
     sampling: SamplingParams,
@@ -220,4 +318,9 @@ finalize = jax.jit(training_layout, static_argnames=("pad_id",))
 
 def num_compilations() -> int:
     """Compiled variants held by the two jitted entry points (for recompilation tests)."""
-    return prefill._cache_size() + decode._cache_size() + finalize._cache_size()
+    return (
+        prefill._cache_size()
+        + prefill_shared._cache_size()
+        + decode._cache_size()
+        + finalize._cache_size()
+    )

@@ -181,6 +181,14 @@ class PromptBank:
     lengths_host: np.ndarray
     texts: tuple[str | None, ...]
 
+    def host_table(self) -> np.ndarray:
+        """The table as a host array (read once per bank; the sampler slices contexts from it)."""
+        cached = self.__dict__.get("_host_table")
+        if cached is None:
+            cached = np.asarray(self.table)
+            object.__setattr__(self, "_host_table", cached)
+        return cached
+
     @property
     def max_prompts(self) -> int:
         return len(self.texts)

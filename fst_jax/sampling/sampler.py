@@ -31,6 +31,20 @@ from fst_jax.sampling.select import SamplingParams
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_TASK_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+DEFAULT_PREFIX_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedParams:
+    """Weights as the engine reads them (cast, re-laid out), made once per parameter version.
+
+    `Sampler.prepare_params` returns one; `Sampler.sample` accepts it in place of raw params and
+    then skips the preparation (~150 ms per call for SmolLM2 on CPU). `config` is the engine
+    config the weights are laid out for; a sampler with another engine config rejects them.
+    """
+
+    params: Any
+    config: ModelConfig
 
 
 class TaskTokens(NamedTuple):
@@ -114,6 +128,17 @@ def _to_layout(config: ModelConfig, params: Any, layout: str) -> Any:
     return decoder.to_kernel_layout(config, params, layout)[1]
 
 
+def _replicated(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array (the same on every process) replicated over `sharding`'s devices."""
+    if isinstance(x, jax.Array) and jax.process_count() == 1:
+        return x
+    x = np.asarray(x)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        return jax.make_array_from_process_local_data(rep, x, x.shape)
+    return jnp.asarray(x)
+
+
 def default_kernel_layout() -> str:
     """ "out_in" on CPU (XLA:CPU's small-batch matmuls run ~1.8x faster on [out, in] kernels),
     "in_out" elsewhere (TPU/GPU lay out dot operands themselves: no copy of the weights)."""
@@ -124,8 +149,14 @@ class Sampler:
     """Holds the tokenizer, stop tokens and buckets; the jitted core is pure (`engine`).
 
     `config` describes the params callers pass (the trainer's); the engine runs on
-    `engine_config`, whose kernel layout may differ: each call then re-lays out the (cast)
-    weights once, under jit, before prefill and decode (see `default_kernel_layout`).
+    `engine_config`, whose kernel layout may differ: the (cast) weights are re-laid out once per
+    parameter version (`prepare_params`; see `default_kernel_layout`).
+
+    `prefix_cache` (default): each call prefills every distinct context once and every distinct
+    (context, task) pair once, on top of the context's keys/values, then broadcasts the pair
+    caches to the rows that share them (`engine.prefill_shared`); context and task widths are
+    buckets of the real lengths (`prefix_buckets`, `task_buckets`), not the bank's `max_len`.
+    False: every row prefills its whole padded prompt (`engine.prefill`; the reference path).
     """
 
     def __init__(
@@ -137,6 +168,8 @@ class Sampler:
         task_buckets: Sequence[int] = DEFAULT_TASK_BUCKETS,
         cast_params: bool = True,
         kernel_layout: str = "auto",
+        prefix_cache: bool = True,
+        prefix_buckets: Sequence[int] = DEFAULT_PREFIX_BUCKETS,
     ) -> None:
         if len(tokenizer) > config.vocab_size:
             raise ValueError(
@@ -155,16 +188,39 @@ class Sampler:
         if layout not in ("in_out", "out_in"):
             raise ValueError(f"kernel_layout={kernel_layout!r}; use 'auto', 'in_out' or 'out_in'")
         self.engine_config = config.replace(kernel_layout=layout)
+        self.prefix_cache = prefix_cache
+        self.prefix_buckets = tuple(sorted(prefix_buckets))
         self._raw_bank: PromptBank | None = None
+        self._prepared: tuple[list[Any], PreparedParams] | None = None
 
-    def prepare_params(self, params: Any) -> Any:
+    def prepare_params(self, params: Any) -> PreparedParams:
         """The caller's params as the engine reads them: matrices cast to the compute dtype
-        (`cast_params`) and kernels in `engine_config.kernel_layout` (a no-op when both hold)."""
+        (`cast_params`) and kernels in `engine_config.kernel_layout` (a no-op when both hold).
+
+        Memoised on the identity of the params' arrays: calls with the same arrays (a GEPA
+        round's many evaluations on frozen θ) prepare once; a train update makes new arrays.
+        """
+        if isinstance(params, PreparedParams):
+            if params.config != self.engine_config:
+                raise ValueError(
+                    "PreparedParams were made for another engine config (dtype/kernel layout); "
+                    "prepare them with this sampler's prepare_params"
+                )
+            return params
+        leaves = jax.tree.leaves(params)
+        memo = self._prepared
+        same = memo is not None and len(memo[0]) == len(leaves)
+        if same and all(a is b for a, b in zip(memo[0], leaves)):
+            return memo[1]
+        self._prepared = None  # drop the old version before making the new one
+        out = params
         if self.cast_params:
-            params = cast_params_for_sampling(self.config, params)
+            out = cast_params_for_sampling(self.config, out)
         if self.engine_config.kernel_layout != self.config.kernel_layout:
-            params = _to_layout(self.config, params, self.engine_config.kernel_layout)
-        return params
+            out = _to_layout(self.config, out, self.engine_config.kernel_layout)
+        prepared = PreparedParams(out, self.engine_config)
+        self._prepared = (leaves, prepared)
+        return prepared
 
     # -------------------------------------------------------------- host-side encoding
 
@@ -261,25 +317,71 @@ class Sampler:
                 "shorter buckets / bank max_len or fewer new tokens"
             )
 
+        if self.prefix_cache:
+            fixed, row_pair = self._shared_inputs(bank, idx, tasks)
+            fn, rows, fills = engine.prefill_shared, (row_pair,), (0,)
+        else:
+            fixed = (bank.table, bank.lengths, bank.suffix, bank.suffix_length)
+            fn = engine.prefill
+            rows, fills = (idx, tasks.tokens, tasks.lengths), (bank.no_context, 0, 1)
+        rows = (*rows, rid.astype(np.int32))
         if sharding is not None:
             return self._sample_sharded(
-                params, bank, idx, tasks, rid, key, sampling, sharding, timings
+                params, fn, fixed, rows, (*fills, -1), key, sampling, sharding, timings
             )
-        bb = _batch_bucket(n, self.batch_buckets)
-        pad = bb - n
-        idx_b = np.concatenate([idx, np.full((pad,), bank.no_context, np.int32)])
-        tok_b = np.concatenate([tasks.tokens, np.full((pad, tasks.tokens.shape[1]), 0, np.int32)])
-        len_b = np.concatenate([tasks.lengths, np.ones((pad,), np.int32)])
-        rid_b = np.concatenate([rid.astype(np.int32), -1 - np.arange(pad, dtype=np.int32)])
-
+        pad = _batch_bucket(n, self.batch_buckets) - n
+        padded = [
+            np.concatenate([x, np.full((pad, *x.shape[1:]), f, x.dtype)])
+            for x, f in zip(rows[:-1], fills)
+        ]
+        padded.append(np.concatenate([rows[-1], -1 - np.arange(pad, dtype=np.int32)]))
+        fixed = tuple(jnp.asarray(x) for x in fixed)
         out = self._run(
-            params, bank, sampling, key, timings,
-            *(jnp.asarray(x) for x in (idx_b, tok_b, len_b, rid_b)),
-        )  # fmt: skip
+            params, sampling, key, timings, fn, *fixed, *(jnp.asarray(x) for x in padded)
+        )
         if pad:
             out = {k: v[:n] for k, v in out.items()}
         gen, gen_len = jax.device_get((out["completion_tokens"], out["completion_lengths"]))
         return self._rollouts(out, np.asarray(gen), gen_len)
+
+    def _shared_inputs(
+        self, bank: PromptBank, idx: np.ndarray, tasks: TaskTokens
+    ) -> tuple[tuple[Any, ...], np.ndarray]:
+        """Host dedup for `engine.prefill_shared`: the distinct contexts in use (cut to a bucket
+        of their real length) and the distinct (context, task) pairs; returns the replicated
+        inputs (contexts, suffix, pairs) and each row's pair index."""
+        ctx_ids, row_ctx = np.unique(idx, return_inverse=True)
+        row_ctx = row_ctx.reshape(-1)
+        pairs: dict[tuple[int, bytes], int] = {}
+        row_pair = np.empty(idx.shape[0], np.int32)
+        first: list[int] = []
+        for b in range(idx.shape[0]):
+            k = (int(row_ctx[b]), tasks.tokens[b, : tasks.lengths[b]].tobytes())
+            j = pairs.setdefault(k, len(first))
+            if j == len(first):
+                first.append(b)
+            row_pair[b] = j
+        c, u = len(ctx_ids), len(first)
+        cb, ub = (_batch_bucket(m, self.batch_buckets) for m in (c, u))
+        lens = bank.lengths_host[ctx_ids]
+        longest = max(int(lens.max()), 1)
+        lp = bank.max_len
+        if longest <= self.prefix_buckets[-1]:
+            lp = min(_bucket(longest, self.prefix_buckets, "Context length"), bank.max_len)
+        pad_id = self._pad_id()
+        ctx_tok = np.full((cb, lp), pad_id, np.int32)
+        ctx_tok[:c] = bank.host_table()[ctx_ids, :lp]
+        ctx_len = np.zeros((cb,), np.int32)
+        ctx_len[:c] = lens
+        sel = np.asarray(first)
+        pair_ctx = np.zeros((ub,), np.int32)
+        pair_ctx[:u] = row_ctx[sel]
+        pair_tok = np.full((ub, tasks.tokens.shape[1]), pad_id, np.int32)
+        pair_tok[:u] = tasks.tokens[sel]
+        pair_len = np.ones((ub,), np.int32)
+        pair_len[:u] = tasks.lengths[sel]
+        fixed = (ctx_tok, ctx_len, bank.suffix, bank.suffix_length, pair_ctx, pair_tok, pair_len)
+        return fixed, row_pair
 
     def _rollouts(
         self, out: dict[str, Any], gen: np.ndarray, gen_len: np.ndarray, **extra: Any
@@ -299,25 +401,22 @@ class Sampler:
     def _run(
         self,
         params: Any,
-        bank: PromptBank,
         sampling: SamplingParams,
         key: jax.Array,
         timings: dict[str, float] | None,
-        *rows: jax.Array,
+        prefill_fn: Any,
+        *args: jax.Array,
     ) -> dict[str, jax.Array]:
-        """The jitted prefill + decode + layout on padded rows (prompt_idx, task tokens, task
-        lengths, row ids); shared by the single-array and the per-shard-block paths."""
-        params = self.prepare_params(params)
+        """The jitted prefill (`prefill_fn` on `args`) + decode + layout; shared by the
+        single-array and the per-shard-block paths."""
+        weights = self.prepare_params(params).params
         pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
         t0 = time.perf_counter()
-        state = engine.prefill(
-            self.engine_config, sampling, pad_id, stop_ids, params, bank.table, bank.lengths,
-            bank.suffix, bank.suffix_length, *rows, key,
-        )  # fmt: skip
+        state = prefill_fn(self.engine_config, sampling, pad_id, stop_ids, weights, *args, key)
         if timings is not None:
             jax.block_until_ready(state)
             t1 = time.perf_counter()
-        state = engine.decode(self.engine_config, sampling, pad_id, stop_ids, params, state)
+        state = engine.decode(self.engine_config, sampling, pad_id, stop_ids, weights, state)
         if timings is not None:
             timings["steps"] = int(jax.block_until_ready(state).step)
             timings["prefill_s"] = t1 - t0
@@ -327,28 +426,26 @@ class Sampler:
     def _sample_sharded(
         self,
         params: Any,
-        bank: PromptBank,
-        idx: np.ndarray,
-        tasks: TaskTokens,
-        rid: np.ndarray,
+        prefill_fn: Any,
+        fixed: tuple[Any, ...],
+        rows: tuple[np.ndarray, ...],
+        fills: tuple[Any, ...],
         key: jax.Array,
         sampling: SamplingParams,
         sharding: jax.sharding.Sharding,
         timings: dict[str, float] | None = None,
     ) -> Rollouts:
-        """`sample` with the batch split into per-shard blocks; returns this process's rows."""
-        plan = row_blocks(
-            idx.shape[0], sharding, bucket=lambda m: _batch_bucket(m, self.batch_buckets)
-        )
+        """`sample` with the batch split into per-shard blocks; returns this process's rows.
+
+        `rows` (per-row inputs, padded with `fills`) are laid out over the batch shards; the
+        `fixed` inputs (bank or deduplicated contexts/pairs) are replicated on the mesh."""
+        n = rows[0].shape[0]
+        plan = row_blocks(n, sharding, bucket=lambda m: _batch_bucket(m, self.batch_buckets))
         lo, hi = plan.lo, plan.hi
-        local = (
-            plan.pad_local(idx[lo:hi], bank.no_context),
-            plan.pad_local(tasks.tokens[lo:hi], 0),
-            plan.pad_local(tasks.lengths[lo:hi], 1),
-            plan.pad_local(rid[lo:hi].astype(np.int32), -1),
-        )
-        idx_g, tok_g, len_g, rid_g = (plan.to_global(x, sharding) for x in local)
-        out = self._run(params, bank, sampling, key, timings, idx_g, tok_g, len_g, rid_g)
+        local = [plan.pad_local(x[lo:hi], f) for x, f in zip(rows, fills)]
+        row_g = [plan.to_global(x, sharding) for x in local]
+        fixed_g = [_replicated(x, sharding) for x in fixed]
+        out = self._run(params, sampling, key, timings, prefill_fn, *fixed_g, *row_g)
         start, stop = plan.local_padded_range
         host = {k: plan.unpad_local(rows_of(v, start, stop)) for k, v in out.items()}
         gen, gen_len = host["completion_tokens"], host["completion_lengths"]
