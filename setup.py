@@ -60,5 +60,7 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2026.9.0", "google-cloud-storage>=3.0"],
         "data": ["reasoning-gym==0.1.25"],
     },
-    entry_points={"console_scripts": ["fst-train=fst_jax.main:run"]},
+    entry_points={
+        "console_scripts": ["fst-train=fst_jax.main:run", "fst-report=fst_jax.analysis.report:run"]
+    },
 )
