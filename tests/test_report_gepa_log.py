@@ -49,11 +49,17 @@ def test_log_rows_and_exact_resume(tmp_path):
         assert r["calls"] >= len(r["minibatch"]) and r["reason"]
         if r["decision"] == "accepted":
             cand = ref.population.candidates[r["child"]]
-            assert r["child_hash"] == lineage.text_hash(cand.text) == lineage.text_hash(r["child_text"])
+            assert (
+                r["child_hash"]
+                == lineage.text_hash(cand.text)
+                == lineage.text_hash(r["child_text"])
+            )
             assert r["child_parents"] == [r["parent"]] and r["child_sum"] > r["parent_sum"]
         if r["decision"] == "rejected":
             assert r["child"] is None and r["child_sum"] <= r["parent_sum"]
-            assert r["child_hash"] not in {lineage.text_hash(c.text) for c in ref.population.candidates}
+            assert r["child_hash"] not in {
+                lineage.text_hash(c.text) for c in ref.population.candidates
+            }
     last = rounds[-1]
     assert [e["text"] for e in last["exported"]] == ref.exported
     assert last["seeds"][0]["text"] == "Reply with one word."
