@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fst_jax import metrics
 from fst_jax.analysis.fit import SigmoidFit, running_max
@@ -22,14 +23,21 @@ MODE_COLORS = {"rl": "tab:blue", "gepa": "tab:green", "fst": "tab:red", "fst_dis
 _EXTRA = ["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
 
 
-def colors(groups: Sequence[Group]) -> dict[str, str]:
-    """A stable color per group: the mode's color for its first group, then extra colors."""
-    out, used, extra = {}, set(), iter(_EXTRA * 4)
+def assign_colors(groups: Sequence[Group]) -> None:
+    """Fixes each group's color once (the mode's color for its first group, then extra colors),
+    so every figure of a report draws a group in the same color."""
+    used, extra = set(), iter(_EXTRA * 4)
     for g in groups:
         c = MODE_COLORS.get(g.mode)
-        out[g.label] = c if c and c not in used else next(extra)
-        used.add(out[g.label])
-    return out
+        g.color = c if c and c not in used else next(extra)
+        used.add(g.color)
+
+
+def colors(groups: Sequence[Group]) -> dict[str, str]:
+    """Each group's color (assigned here for groups that have none yet)."""
+    if any(g.color is None for g in groups):
+        assign_colors(groups)
+    return {g.label: g.color for g in groups}
 
 
 def save(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
@@ -229,8 +237,12 @@ def plot_series_panels(
 
 def plot_quadrants(cells: Mapping[str, Mapping[str, float]]) -> Figure:
     """One 2×2 heatmap per group: {base, trained} weights × {seed, trained} context."""
-    fig = Figure(figsize=(3.6 * len(cells) + 0.5, 3.4))
-    axes = np.atleast_1d(fig.subplots(1, len(cells), squeeze=False)[0])
+    cols = min(4, len(cells))
+    rows = -(-len(cells) // cols)
+    fig = Figure(figsize=(3.6 * cols + 0.5, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(cells) :]:
+        ax.set_axis_off()
     for ax, (label, q) in zip(axes, cells.items()):
         m = np.array([[q["base_w/seed_p"], q["base_w/trained_p"]],
                       [q["trained_w/seed_p"], q["trained_w/trained_p"]]])  # fmt: skip
@@ -257,11 +269,18 @@ def plot_gepa_rounds(rounds: Sequence[Mapping[str, Any]], title: str) -> Figure:
             ax.bar(cyc, v, bottom=bottom, color=color, label=key)
             bottom += v
     ax.set(xlabel="cycle (GEPA round)", ylabel="iterations", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, max(1.0, bottom.max()) * 1.35)  # head room for the legends
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", ncol=4)
     ax2 = ax.twinx()
     ax2.plot(cyc, [r["best_mean"] for r in rounds], "k.-", label="best anchor mean")
     ax2.set_ylabel("best anchor mean score")
+    ax2.set_ylim(0, max(1.0, *(r["best_mean"] for r in rounds)) * 1.35)
     ax2.legend(fontsize=8, loc="upper right")
-    return _finish(fig, ax)
+    fig.tight_layout()
+    return fig
 
 
 def plot_lineage(tree: Mapping[str, Any], title: str) -> Figure:
@@ -277,7 +296,7 @@ def plot_lineage(tree: Mapping[str, Any], title: str) -> Figure:
                 ax.plot([pos[p][0], n["cycle"]], [pos[p][1], n["y"]], "-", color="0.6", zorder=1)
     for n in nodes:
         color = "gold" if n["exported"] else ("0.8" if not n["parents"] else "tab:blue")
-        ax.scatter([n["cycle"]], [n["y"]], s=260, color=color, edgecolor="k", zorder=2)
+        ax.scatter([n["cycle"]], [n["y"]], s=520, color=color, edgecolor="k", zorder=2)
         score = "" if n["score"] is None else f"\n{n['score']:.2f}"
         ax.annotate(f"#{n['id']}{score}", (n["cycle"], n["y"]), fontsize=7, ha="center",
                     va="center", zorder=3)  # fmt: skip
@@ -287,7 +306,9 @@ def plot_lineage(tree: Mapping[str, Any], title: str) -> Figure:
             ax.plot([rej["cycle"] + 0.25], [y], "x", color="tab:red", ms=5)
     ax.set_xlabel("round (cycle) born; seeds at -1; x = a rejected proposal from that parent")
     ax.set_yticks([])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(-1.6, tree["max_cycle"] + 0.8)
+    ax.set_ylim(min(n["y"] for n in nodes) - 0.8, 0.8)
     ax.set_title(title)
     fig.tight_layout()
     return fig

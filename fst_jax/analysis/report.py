@@ -24,7 +24,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from fst_jax.analysis import sections
+from fst_jax.analysis import plots, sections
 from fst_jax.analysis.runs import Group, Run, group_runs, last_value, load_runs
 
 TEMPLATE = "report.html.jinja"
@@ -65,6 +65,7 @@ def build_sections(
 ) -> list[sections.Section]:
     """Every section of the report, computed from the runs (figures not yet written)."""
     groups = group_runs(runs)
+    plots.assign_colors(groups)
     if k is None:
         k = int(runs[0].config.get("eval", {}).get("k", 4))
     fit = sections.sigmoid_fit(groups, k, bootstrap)

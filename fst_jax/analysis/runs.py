@@ -143,6 +143,7 @@ class Group:
     label: str
     key: dict[str, Any]
     runs: list[Run]
+    color: str | None = None  # fixed per report by plots.assign_colors
 
     @property
     def mode(self) -> str:

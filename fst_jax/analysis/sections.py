@@ -87,7 +87,7 @@ def data_efficiency(groups: Sequence[Group], k: int) -> Section:
     for g in have:
         ref = next((r for r in have if r.mode == "rl" and r.key["task"] == g.key["task"]
                     and not r.key["init_from"]), None)  # fmt: skip
-        if ref is None:
+        if ref is None or ref is g:
             continue
         a, b = plots.group_curve(ref, key), plots.group_curve(g, key)
         p = steps_to_peak_ratio(a["x"], a["mean"], b["x"], b["mean"])
