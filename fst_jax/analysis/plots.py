@@ -246,9 +246,11 @@ def plot_quadrants(cells: Mapping[str, Mapping[str, float]]) -> Figure:
     for ax, (label, q) in zip(axes, cells.items()):
         m = np.array([[q["base_w/seed_p"], q["base_w/trained_p"]],
                       [q["trained_w/seed_p"], q["trained_w/trained_p"]]])  # fmt: skip
-        ax.imshow(m, vmin=0, vmax=max(1e-9, float(np.nanmax(m))), cmap="Blues")
+        top = max(1e-9, float(np.nanmax(m)))
+        ax.imshow(m, vmin=0, vmax=top, cmap="Blues")
         for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=10)
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=10,
+                    color="white" if v > 0.6 * top else "black")  # fmt: skip
         ax.set_xticks([0, 1], ["seed ctx", "trained ctx"])
         ax.set_yticks([0, 1], ["base w", "trained w"])
         ax.set_title(label, fontsize=9)
