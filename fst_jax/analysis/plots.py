@@ -265,8 +265,9 @@ def plot_gepa_rounds(rounds: Sequence[Mapping[str, Any]], title: str) -> Figure:
     cyc = np.array([r["cycle"] for r in rounds])
     bottom = np.zeros(len(rounds))
     for key, color in (("accepted", "tab:green"), ("rejected", "tab:red"),
-                       ("skipped_perfect", "tab:gray"), ("skipped_lm", "tab:olive")):  # fmt: skip
-        v = np.array([r[key] for r in rounds], np.float64)
+                       ("unaffordable", "tab:purple"), ("skipped_perfect", "tab:gray"),
+                       ("skipped_lm", "tab:olive")):  # fmt: skip
+        v = np.array([r.get(key, 0) for r in rounds], np.float64)
         if v.any() or key in ("accepted", "rejected"):
             ax.bar(cyc, v, bottom=bottom, color=color, label=key)
             bottom += v

@@ -381,15 +381,27 @@ def gepa(runs: Sequence[Run], max_trees: int = 6) -> Section:
             sec.figures.append(
                 (f"gepa_rounds_{run.name}", plots.plot_gepa_rounds(rounds, f"GEPA rounds: {label}"))
             )
-        per_round = [{k: rd[k] for k in ("cycle", "step", "iterations", "accepted", "rejected",
-                                         "skipped_perfect", "skipped_lm", "calls_used", "budget",
-                                         "best_mean")} | {"exported": [e["id"] for e in rd["exported"]]}
+        keys = (
+            "cycle",
+            "step",
+            "iterations",
+            "accepted",
+            "rejected",
+            "unaffordable",
+            "skipped_perfect",
+            "skipped_lm",
+            "calls_used",
+            "budget",
+            "best_mean",
+        )
+        per_round = [{k: rd.get(k, 0) for k in keys} | {"exported": [e["id"] for e in rd["exported"]]}
                      for rd in rounds]  # fmt: skip
         usage = {k: sum(rd["usage"].get(k, 0) for rd in rounds) for k in rounds[0]["usage"]}
         sec.data[run.name] = {"rounds": per_round, "usage": usage, "tree": tree}
-        sec.table(f"Rounds — {label}", ["cycle", "iterations", "accepted", "rejected", "skipped",
-                                        "calls / budget", "best anchor mean", "exported ids"],
-                  [(p["cycle"], p["iterations"], p["accepted"], p["rejected"],
+        sec.table(f"Rounds — {label}", ["cycle", "iterations", "accepted", "rejected",
+                                        "unaffordable", "skipped", "calls / budget",
+                                        "best anchor mean", "exported ids"],
+                  [(p["cycle"], p["iterations"], p["accepted"], p["rejected"], p["unaffordable"],
                     p["skipped_perfect"] + p["skipped_lm"], f"{p['calls_used']} / {p['budget']}",
                     p["best_mean"], ", ".join(map(str, p["exported"]))) for p in per_round])  # fmt: skip
         sec.table(f"Exported at the last round — {label}", ["id", "anchor mean", "on front", "context"],

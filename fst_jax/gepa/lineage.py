@@ -42,8 +42,8 @@ def _reason(rec: Any, acceptance: str) -> str:
         return f"no usable proposal from the reflection LM ({rec.skip_reason})"
     old, new = sum(rec.parent_scores), sum(rec.child_scores)
     rule = ">" if acceptance == "strict_improvement" else ">="
-    verb = "accepted" if rec.decision == "accepted" else "rejected"
-    return f"{verb}: child minibatch sum {new:g} vs parent {old:g} (needs {rule})"
+    # accepted / rejected (or a child that passed but could not be scored within the budget)
+    return f"{rec.decision}: child minibatch sum {new:g} vs parent {old:g} (needs {rule})"
 
 
 def round_rows(
@@ -81,6 +81,7 @@ def round_rows(
         "rescore_calls": report.rescore_calls, "rescored": list(report.rescored),
         "iterations": report.iterations, "accepted": report.accepted, "rejected": report.rejected,
         "skipped_perfect": report.skipped_perfect, "skipped_lm": report.skipped_lm,
+        "unaffordable": getattr(report, "unaffordable", 0),
         "pool_size": report.pool_size, "front": list(report.front),
         "best_mean": report.best_mean, "front_mean": report.front_mean,
         "anchor_means": {str(c): m for c, m in sorted(means.items())},
