@@ -160,7 +160,9 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
     for run in runs:
         by_key.setdefault(json.dumps(run.key, sort_keys=True), []).append(run)
     keys = [json.loads(k) for k in by_key]
-    varying = [f for f in GROUP_FIELDS if f != "mode" and len({str(k[f]) for k in keys}) > 1]
+    # A field is named when groups differ in it (None = not applicable, e.g. K of an rl run).
+    varying = [f for f in GROUP_FIELDS if f != "mode"
+               and len({str(k[f]) for k in keys if k[f] is not None}) > 1]  # fmt: skip
     groups = []
     for k, members in by_key.items():
         key = json.loads(k)
