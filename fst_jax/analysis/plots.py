@@ -303,11 +303,17 @@ def plot_lineage(tree: Mapping[str, Any], title: str) -> Figure:
         score = "" if n["score"] is None else f"\n{n['score']:.2f}"
         ax.annotate(f"#{n['id']}{score}", (n["cycle"], n["y"]), fontsize=7, ha="center",
                     va="center", zorder=3)  # fmt: skip
+    counts: dict[tuple[int, int], int] = {}
     for rej in tree["rejected"]:
         if rej["parent"] in pos:
-            y = pos[rej["parent"]][1]
-            ax.plot([rej["cycle"] + 0.25], [y], "x", color="tab:red", ms=5)
-    ax.set_xlabel("round (cycle) born; seeds at -1; x = a rejected proposal from that parent")
+            counts[(rej["cycle"], rej["parent"])] = counts.get((rej["cycle"], rej["parent"]), 0) + 1
+    for (cycle, parent), n in counts.items():
+        y = pos[parent][1]
+        ax.plot([cycle + 0.25], [y], "x", color="tab:red", ms=5)
+        if n > 1:
+            ax.annotate(f"×{n}", (cycle + 0.25, y), fontsize=7, color="tab:red",
+                        xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("round (cycle) born; seeds at -1; x = rejected proposals from that parent")
     ax.set_yticks([])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(-1.6, tree["max_cycle"] + 0.8)
