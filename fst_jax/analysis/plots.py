@@ -7,6 +7,7 @@ in a headless process and in a notebook: ``display(fig)``); :func:`save` writes 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fst_jax import metrics
+from fst_jax import metrics, paths
 from fst_jax.analysis.fit import SigmoidFit, running_max
 from fst_jax.analysis.runs import Group, Run, group_runs, samples_at, seed_stats
 
@@ -41,7 +42,10 @@ def colors(groups: Sequence[Group]) -> dict[str, str]:
 
 
 def save(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
-    fig.savefig(os.fspath(path), dpi=dpi)
+    """Writes a PNG to a local path or a URI (gs://...): rendered in memory, then written."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    paths.workdir_path(path).write_bytes(buf.getvalue())
 
 
 def _groups(runs: Mapping[str, Run] | Sequence[Group]) -> list[Group]:

@@ -24,6 +24,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from fst_jax import paths
 from fst_jax.analysis import plots, sections
 from fst_jax.analysis.runs import Group, Run, group_runs, last_value, load_runs
 
@@ -101,11 +102,9 @@ def build_report(
     title: str = "fst_jax report",
 ) -> dict[str, Any]:
     """Writes ``out/index.html``, ``out/<figure>.png`` and ``out/report.json``; returns the JSON."""
-    from etils import epath
-
     runs = list(load_runs(workdirs).values())
     secs = build_sections(runs, k, bootstrap)
-    out = epath.Path(out)
+    out = paths.workdir_path(out)
     out.mkdir(parents=True, exist_ok=True)
     rendered, figures = [], []
     for sec in secs:

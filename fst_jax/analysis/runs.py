@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fst_jax import metrics
+from fst_jax import metrics, paths
 from fst_jax.gepa.lineage import read_gepa_log
 
 # Config fields that make two runs different experiments (seed is what varies inside a group).
@@ -107,9 +107,7 @@ def _read_jsonl(path: Any) -> list[dict[str, Any]]:
 
 def load_run(workdir: str | os.PathLike) -> Run:
     """Reads one workdir (local path or URI such as ``gs://bucket/run``)."""
-    from etils import epath
-
-    wd = epath.Path(workdir)
+    wd = paths.workdir_path(workdir)
     path = wd / metrics.METRICS_FILE
     if not path.exists():
         raise FileNotFoundError(

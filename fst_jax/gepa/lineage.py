@@ -102,26 +102,35 @@ def usage_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str
 
 
 class GepaLog:
-    """Appends rows to ``<workdir>/gepa_log.jsonl`` (process 0 only; a no-op elsewhere)."""
+    """Appends rows to ``<workdir>/gepa_log.jsonl`` (process 0 only; a no-op elsewhere). A URI
+    workdir (gs://...) is written through a local staged copy, uploaded after every round, as
+    ``metrics.MetricsWriter`` does."""
 
     def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True) -> None:
+        from fst_jax import paths
+
         self.enabled = enabled
-        self.path = os.path.join(os.fspath(workdir), GEPA_LOG_FILE)
+        self.path = paths.workdir_path(workdir) / GEPA_LOG_FILE
+        self._stage = paths.StagedFile(self.path) if enabled else None
         self._file = None  # opened on the first write: an rl run leaves no empty log behind
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
         if not self.enabled:
             return
         if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
+            self._file = open(self._stage.local, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
         for row in rows:
             self._file.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
         self._file.flush()
+        self._stage.sync()
 
     def offset(self) -> int:
         """Bytes written so far (stored in checkpoints; :func:`truncate` restores it)."""
+        if not self.enabled:
+            return 0
         if self._file is None:
-            return os.path.getsize(self.path) if self.enabled and os.path.exists(self.path) else 0
+            local = self._stage.local
+            return os.path.getsize(local) if os.path.exists(local) else 0
         self._file.flush()
         return self._file.tell()
 
@@ -129,23 +138,26 @@ class GepaLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._stage is not None:
+            self._stage.sync()
+            self._stage.cleanup()
+            self._stage = None
 
 
 def truncate(workdir: str | os.PathLike, offset: int | None) -> None:
     """Cuts the log back to ``offset`` bytes (rows of cycles after the checkpoint get redone).
     ``None`` (a checkpoint written before the log existed) empties it: nothing in it predates
     that checkpoint."""
-    from fst_jax import metrics
+    from fst_jax import metrics, paths
 
-    path = os.path.join(os.fspath(workdir), GEPA_LOG_FILE)
-    metrics.truncate_jsonl(path, offset or 0)
+    metrics.truncate_jsonl(paths.workdir_path(workdir) / GEPA_LOG_FILE, offset or 0)
 
 
 def read_gepa_log(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """The log's rows ([] when the run wrote none, e.g. mode rl). Works on local paths and URIs."""
-    from etils import epath
+    from fst_jax import paths
 
-    path = epath.Path(workdir) / GEPA_LOG_FILE
+    path = paths.workdir_path(workdir) / GEPA_LOG_FILE
     if not path.exists():
         return []
     rows = []
