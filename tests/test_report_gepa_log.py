@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from test_controller_e2e import tiny_config
+from test_workdir_uri import fake_gs  # noqa: F401 - the fake gs:// store fixture
 
 from fst_jax import controller, gepa, metrics
+from fst_jax.analysis import report
 from fst_jax.gepa import lineage
 
 
@@ -92,3 +94,38 @@ def test_truncate_handles_checkpoints_from_before_the_log(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         lineage.read_gepa_log(tmp_path)
     assert lineage.read_gepa_log(tmp_path / "absent") == []
+
+
+def test_log_and_report_on_a_uri_workdir(fake_gs):  # noqa: F811 - the imported fixture
+    """A gs:// workdir: the log is uploaded per round, cut back on resume, and fst-report reads
+    the run and writes its HTML and PNGs into the store."""
+    run, out = "gs://bucket/runs/fst_uri", "gs://bucket/reports/r1"
+    seed = {"id": 0, "hash": lineage.text_hash("Be brief."), "text": "Be brief."}
+    rows = [{"kind": "round", "cycle": c, "step": 2 * c, "budget": 10, "calls_used": 6,
+             "total_calls": 10, "rescore_calls": 4, "rescored": [0], "iterations": 1,
+             "accepted": 0, "rejected": 1, "skipped_perfect": 0, "skipped_lm": 0,
+             "pool_size": 1, "front": [0], "best_mean": 0.5, "front_mean": 0.5,
+             "anchor_means": {"0": 0.5}, "seeds": [seed],
+             "exported": [{**seed, "mean_score": 0.5, "on_front": True}],
+             "usage": {"requests": 1}} for c in range(3)]  # fmt: skip
+    log = lineage.GepaLog(run)
+    log.write(rows[:1])
+    assert len(fake_gs.cat(f"{run}/{lineage.GEPA_LOG_FILE}").splitlines()) == 1  # uploaded
+    log.write(rows[1:2])
+    offset = log.offset()
+    log.write(rows[2:])
+    log.close()
+    lineage.truncate(run, offset)
+    assert [r["cycle"] for r in lineage.read_gepa_log(run)] == [0, 1]
+    with metrics.MetricsWriter(run, enabled=True, tensorboard=False) as w:
+        w.write(0, {"run/mode": "fst", "run/config": json.dumps({"mode": "fst", "seed": 3})})
+        for s in range(4):
+            w.write(s, {"val/mean@4": 0.1 * s, "val/kl_to_base": 0.01 * s})
+    data = report.build_report([run], out, bootstrap=0)
+    assert data["sections"]["kl_vs_reward"]["data"]["fst"]["reward"] == pytest.approx(
+        [0, 0.1, 0.2, 0.3]
+    )
+    assert data["sections"]["runs"]["data"]["fst"][0]["seed"] == 3
+    assert fake_gs.cat(f"{out}/kl_vs_reward.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<html" in fake_gs.cat(f"{out}/index.html")
+    assert data["sections"]["gepa"]["data"]["fst_uri"]["usage"]["requests"] == 2

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from fst_jax import metrics, paths
 from fst_jax.analysis.fit import SigmoidFit, running_max
 from fst_jax.analysis.runs import Group, Run, group_runs, samples_at, seed_stats
+from fst_jax.analysis.runs import load_runs as load_runs  # kept here for callers of plots.load_runs
 
 MODE_COLORS = {"rl": "tab:blue", "gepa": "tab:green", "fst": "tab:red", "fst_distill": "tab:orange"}
 _EXTRA = ["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
@@ -321,7 +322,7 @@ def plot_lineage(tree: Mapping[str, Any], title: str) -> Figure:
     ax.set_yticks([])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(-1.6, tree["max_cycle"] + 0.8)
-    ax.set_ylim(min(n["y"] for n in nodes) - 0.8, 0.8)
+    ax.set_ylim(min((n["y"] for n in nodes), default=0) - 0.8, 0.8)
     ax.set_title(title)
     fig.tight_layout()
     return fig
