@@ -66,6 +66,7 @@ setup(
             "fst-train=fst_jax.main:run",
             "fst-export=fst_jax.serve.export:run",
             "fst-serve=fst_jax.serve.server:run",
+            "fst-report=fst_jax.analysis.report:run",
         ]
     },
 )

@@ -54,6 +54,7 @@ import numpy as np
 from fst_jax import checkpoint as ckpt_lib
 from fst_jax import distributed, evaluation, metrics, paths, rl, sampling, settings, sharding
 from fst_jax import gepa as gepa_lib
+from fst_jax.gepa import lineage
 from fst_jax.gepa.round import budget_warning
 from fst_jax.rows import RowShardedSampler, RowShardedTask
 from fst_jax.run_setup import (
@@ -246,6 +247,7 @@ class Controller:
         )  # fmt: skip
         resume_step = self._maybe_restore()
         self.writer = metrics.MetricsWriter(self.workdir, resume_step=resume_step)
+        self.gepa_log = lineage.GepaLog(self.workdir, enabled=self.is_main)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -283,6 +285,8 @@ class Controller:
                 # A previous attempt died before its first checkpoint: its records get redone.
                 log.warning("no checkpoint in %s; restarting %s from scratch", self.workdir, path)
                 metrics.truncate_jsonl(path, 0)
+            if self.is_main:
+                lineage.truncate(self.workdir, 0)
             return None
         if self.config.resume == "never":
             raise ConfigError(
@@ -307,6 +311,7 @@ class Controller:
         self.last_eval, self.first_eval = h["last_eval"], h["first_eval"]
         if self.is_main:  # drop records written after this checkpoint (they will be redone)
             metrics.truncate_jsonl(path, h["metrics_offset"])
+            lineage.truncate(self.workdir, h.get("gepa_log_offset"))
         log.info(
             "resumed from %s at step %d (cycle %d)",
             self.checkpointer.directory,
@@ -322,6 +327,7 @@ class Controller:
             running_max=self.running_max.value, last_eval=self.last_eval,
             task_running_max={n: r.value for n, r in self.task_running_max.items()},
             first_eval=self.first_eval, metrics_offset=self.writer.offset(),
+            gepa_log_offset=self.gepa_log.offset(),
         )  # fmt: skip
         state = {"train": self.state, "rng": ckpt_lib.key_to_data(self.key)}
         self.checkpointer.save(self.step, state, {"host": host})
@@ -370,6 +376,7 @@ class Controller:
             task.close()
         summary = self.summary(wall_s=time.time() - t0)
         self.writer.close()
+        self.gepa_log.close()
         return summary
 
     def _train_split(self, task_name: str) -> tuple[list[Any], list[Any]]:
@@ -453,7 +460,7 @@ class Controller:
             order = lambda xs: [x for _, x in sorted(xs)]  # noqa: E731
             return order(scores), order(feedbacks), order(rollouts)
 
-        t0 = time.time()
+        t0, lm_before = time.time(), dict(self.population.counters)
         report = gepa_lib.run_round(
             self.population, evaluate, self.reflector, {ex.id: ex.question for ex in anchors},
             c.budget, config=self.gepa_config, cycle=self.cycle,
@@ -461,6 +468,9 @@ class Controller:
         bar.close()
         top = gepa_lib.export_top_k(self.population, self.K)
         self.exported = [e.text for e in top]
+        self.gepa_log.write(lineage.round_rows(
+            report, self.population, top, step=self.step, acceptance=self.gepa_config.acceptance,
+            usage=lineage.usage_delta(lm_before, self.population.counters)))  # fmt: skip
         # How many of the problems RL trains on next have their gold answer in an exported context.
         upcoming = stream.upcoming(n_steps * self.config.rl.batch_size)
         leak, checked = evaluation.answer_leak(

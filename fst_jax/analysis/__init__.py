@@ -1,4 +1,5 @@
-"""Analysis of run metrics: sigmoid asymptote fits, steps-to-peak ratios, KL-vs-reward plots."""
+"""Analysis of run directories: sigmoid asymptote fits, steps-to-peak, the paper's figures and the
+HTML report (``fst-report``)."""
 
 from fst_jax.analysis.fit import (
     SigmoidFit,
@@ -8,14 +9,20 @@ from fst_jax.analysis.fit import (
     sigmoid,
     steps_to_peak_ratio,
 )
-from fst_jax.analysis.plots import eval_points, load_runs, plot_kl_vs_reward
+from fst_jax.analysis.plots import plot_data_efficiency, plot_kl_vs_reward
+from fst_jax.analysis.runs import Group, Run, eval_points, group_runs, load_run, load_runs
 
 __all__ = [
+    "Group",
+    "Run",
     "SigmoidFit",
     "eval_points",
     "first_step_reaching",
     "fit_sigmoid",
+    "group_runs",
+    "load_run",
     "load_runs",
+    "plot_data_efficiency",
     "plot_kl_vs_reward",
     "running_max",
     "sigmoid",

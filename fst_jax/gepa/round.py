@@ -99,6 +99,8 @@ class IterationRecord:
     decision: str  # accepted | rejected | unaffordable | skipped_perfect | skipped_lm
     child: int | None = None
     skip_reason: str | None = None
+    calls: int = 0  # rollouts this iteration requested (parent + child minibatch, child anchors)
+    child_text: str | None = None  # the proposal, accepted or not (the GEPA log hashes it)
 
 
 @dataclasses.dataclass
@@ -304,7 +306,7 @@ def run_round(
         if config.max_consecutive_skips and lm_skips_in_a_row >= config.max_consecutive_skips:
             report.stopped_on_skips = 1
             break
-        it = state.counters.get("iterations", 0)
+        it, start = state.counters.get("iterations", 0), report.total_calls
         state.bump("iterations")
         report.iterations += 1
         parent = state.select_parent(config.candidate_selection)
@@ -313,9 +315,8 @@ def run_round(
         spend(len(mb))
         if config.skip_perfect_score and all(s >= config.perfect_score for s in p_scores):
             report.skipped_perfect += 1
-            report.records.append(
-                IterationRecord(it, parent, mb, p_scores, None, "skipped_perfect")
-            )
+            report.records.append(IterationRecord(it, parent, mb, p_scores, None, "skipped_perfect",
+                                                  calls=report.total_calls - start))  # fmt: skip
             continue
         records = reflective_records(anchors, mb, p_texts, p_fb, config.max_rollout_chars)
         outcome = reflector.propose(
@@ -325,11 +326,8 @@ def run_round(
             lm_skips_in_a_row += 1
             report.skipped_lm += 1
             reasons[outcome.skip_reason] += 1
-            report.records.append(
-                IterationRecord(
-                    it, parent, mb, p_scores, None, "skipped_lm", None, outcome.skip_reason
-                )
-            )
+            report.records.append(IterationRecord(it, parent, mb, p_scores, None, "skipped_lm", None,
+                                                  outcome.skip_reason, report.total_calls - start))  # fmt: skip
             continue
         lm_skips_in_a_row = 0
         # The child is evaluated before it joins the pool; it gets the next id if accepted.
@@ -341,23 +339,24 @@ def run_round(
         if not ok:
             state.candidates.pop()
             report.rejected += 1
-            report.records.append(IterationRecord(it, parent, mb, p_scores, c_scores, "rejected"))
+            report.records.append(IterationRecord(it, parent, mb, p_scores, c_scores, "rejected",
+                                                  calls=report.total_calls - start,
+                                                  child_text=outcome.text))  # fmt: skip
             continue
         if report.calls_used + len(anchor_ids) > budget:  # cannot be scored within the budget
             state.candidates.pop()
             report.unaffordable += 1
-            report.records.append(
-                IterationRecord(it, parent, mb, p_scores, c_scores, "unaffordable")
-            )
+            report.records.append(IterationRecord(it, parent, mb, p_scores, c_scores, "unaffordable",
+                                                  calls=report.total_calls - start,
+                                                  child_text=outcome.text))  # fmt: skip
             continue
         full, _, _ = _checked_evaluate(evaluate, [child_id] * len(anchor_ids), anchor_ids)
         spend(len(anchor_ids))
         state.record_scores(child_id, dict(zip(anchor_ids, full)))
         report.accepted += 1
         report.new_candidates.append(child_id)
-        report.records.append(
-            IterationRecord(it, parent, mb, p_scores, c_scores, "accepted", child_id)
-        )
+        report.records.append(IterationRecord(it, parent, mb, p_scores, c_scores, "accepted", child_id,
+                                              calls=report.total_calls - start, child_text=outcome.text))  # fmt: skip
 
     report.skip_reasons = dict(sorted(reasons.items()))
     means, fronts = state.mean_scores(), state.fronts()
