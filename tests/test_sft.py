@@ -313,6 +313,16 @@ def test_sft_config_errors(tmp_path):
         trainer.SFTRun(sft_config(data="nope.jsonl"), tmp_path / "c")
 
 
+def test_sft_workdir_uri_that_cannot_be_served_is_an_error_not_a_local_folder(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    for bad in ("gs:/bucket/run", "ftp://host/run"):
+        with pytest.raises(ConfigError, match="workdir"):
+            trainer.SFTRun(sft_config(), bad)
+    assert list(tmp_path.iterdir()) == []  # no local `gs:` / `ftp:` folder appeared
+
+
 @pytest.mark.slow
 def test_fst_train_cli_runs_sft_and_rejects_the_sft_loss_in_rl(tmp_path):
     """The real app: `fst-train --config.mode=sft` dispatches to the SFT loop and prints its

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from fst_jax import checkpoint as ckpt_lib
-from fst_jax import metrics, rl, sharding
+from fst_jax import metrics, paths, rl, sharding
 from fst_jax.run_setup import ConfigError, load_model
 from fst_jax.sft import data as sft_data
 
@@ -67,7 +67,11 @@ class SFTRun:
     """State and I/O of one SFT run; `run()` trains the remaining steps and returns a summary."""
 
     def __init__(self, config: Any, workdir: str | Path, *, model: Any = None) -> None:
-        self.config, self.workdir = config, Path(workdir)
+        try:  # gs:// stays a URI; a scheme that cannot be served is an error, never a local dir
+            self.workdir = paths.workdir_path(workdir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.config = config
         self.workdir.mkdir(parents=True, exist_ok=True)
         c = config
         devices = (
@@ -143,7 +147,7 @@ class SFTRun:
         latest = self.checkpointer.latest_step()
         path = self.workdir / metrics.METRICS_FILE
         if latest is None:
-            if jax.process_index() == 0 and path.exists() and path.stat().st_size:
+            if jax.process_index() == 0 and path.exists() and path.stat().length:
                 metrics.truncate_jsonl(path, 0)  # died before its first checkpoint: redo
             return None
         if self.config.resume == "never":
@@ -217,8 +221,12 @@ class SFTRun:
         if s.export:
             from fst_jax.models import save_hf
 
-            export = str(self.workdir / "export")
-            save_hf(export, self.model_config, self.state.params, self.tokenizer)
+            target = self.workdir / "export"
+            staged = paths.StagedDir(target)  # save_hf writes local files; uploaded if remote
+            save_hf(staged.local, self.model_config, self.state.params, self.tokenizer)
+            staged.sync()
+            staged.cleanup()
+            export = str(target)
         self.writer.close()
         return {
             "workdir": str(self.workdir), "mode": "sft", "steps": self.step,
