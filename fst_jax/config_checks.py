@@ -11,7 +11,6 @@ needs to change.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import math
 import os
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fst_jax import registry
 from fst_jax.errors import ConfigError
 
 MODES = ("rl", "gepa", "fst", "fst_distill")
@@ -66,8 +66,9 @@ def validate_config(
 
 
 def nearest(name: Any, choices: Sequence[str]) -> str:
-    near = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f"did you mean {near[0]!r}? " if near else ""
+    """`fst_jax.registry.nearest` as a message fragment ("did you mean 'x'? " or "")."""
+    near = registry.nearest(name, choices)
+    return f"did you mean {near!r}? " if near else ""
 
 
 def get(config: Any, key: str) -> Any:
@@ -167,7 +168,7 @@ def _names(c: Any, ctx: CheckContext) -> None:
 @config_check("ranges")
 def _ranges(c: Any, ctx: CheckContext) -> None:
     for key, lo in (
-        ("num_cycles", 1), ("seed", 0), ("log_every", 1), ("rl.steps_per_cycle", 1),
+        ("num_cycles", 1), ("seed", 0), ("rl.steps_per_cycle", 1),
         ("rl.batch_size", 1), ("rl.group_size", 1), ("rl.micro_batches", 1),
         ("rl.microbatch_tokens", 0),
         ("rl.warmup_steps", 0), ("gepa.k", 1), ("gepa.budget", 0), ("gepa.anchor_size", 1),
@@ -244,7 +245,7 @@ def _tasks(c: Any, ctx: CheckContext) -> None:
         if name not in known:
             raise ConfigError("unknown task", key, name,
                               f"{nearest(name, known)}available: {', '.join(known)}")  # fmt: skip
-        params = inspect.signature(base._REGISTRY[name].__init__).parameters
+        params = inspect.signature(base._REGISTRY.get(name).__init__).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
         names = [p for p in params if p != "self"]
         for kw in kwargs:

@@ -102,10 +102,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _init_distributed() -> None:
-    try:
-        from fst_jax import distributed
-    except ImportError:  # single-host install without the scale-out module
-        return
+    from fst_jax import distributed
+
     info = distributed.maybe_initialize(_COORD.value, _NPROC.value, _PID.value)
     if info.initialized:
         logging.info("jax.distributed: process %d of %d", info.process_id, info.num_processes)

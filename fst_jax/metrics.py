@@ -32,14 +32,8 @@ METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"
 
 # Names other modules log under; kept here so dashboards and notebooks agree on spelling.
-TRAIN_LOSS = "train/loss"
-TRAIN_ENTROPY = "train/entropy"
-TRAIN_GRAD_NORM = "train/grad_norm"
-TRAIN_KL = "train/kl"
-REWARD_MEAN = "rollout/reward_mean"
 VAL_MEAN = "val/mean@{k}"
 VAL_MEAN_RUNNING_MAX = "val/mean@{k}_running_max"
-VAL_MEAN_NO_CONTEXT = "val/mean@{k}_no_context"
 VAL_KL_TO_BASE = "val/kl_to_base"
 # Fields that differ between two otherwise identical runs (excluded by `comparable_records`).
 WALL_CLOCK_KEYS = ("time",)

@@ -17,7 +17,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.resume = "auto"  # auto: continue this run's checkpoints | force: accept another run's | never
     c.init_from = ""  # plasticity probe: a workdir whose latest params start this (fresh) run
     c.init_from_step = -1  # -1 = latest step of init_from
-    c.log_every = 1
     c.progress = True  # tqdm bars for sampling, GEPA rounds and the run
     c.summary = True  # one-screen summary + KL-vs-reward PNG at the end
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fst_jax.gepa.multihost import Lockstep
+from fst_jax.registry import Registry
 
 FENCE = "```"
 PLACEHOLDERS = ("<curr_param>", "<side_info>", "<edit_request>")
@@ -171,34 +172,26 @@ class ReflectionLM(Protocol):
         ...
 
 
-_REGISTRY: dict[str, Callable[..., ReflectionLM]] = {}
+_REGISTRY: Registry[Callable[..., ReflectionLM]] = Registry("reflection LM")
 
 
 def register_reflection_lm(
     name: str,
 ) -> Callable[[Callable[..., ReflectionLM]], Callable[..., ReflectionLM]]:
-    def deco(factory: Callable[..., ReflectionLM]) -> Callable[..., ReflectionLM]:
-        if name in _REGISTRY:
-            raise ValueError(f"reflection LM {name!r} is already registered.")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def get_reflection_lm(name: str, **kwargs: Any) -> ReflectionLM:
     """Build a registered backend by name (`openai`, `local`, or one you registered)."""
-    if name == "openai" and name not in _REGISTRY:
-        import fst_jax.gepa.openai_lm  # noqa: F401  (registers itself)
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown reflection LM {name!r}; registered: {list_reflection_lms()}.")
-    return _REGISTRY[name](**kwargs)
+    if name not in _REGISTRY:  # `openai` registers itself on first import (so do its hints)
+        import fst_jax.gepa.openai_lm  # noqa: F401
+    return _REGISTRY.get(name)(**kwargs)
 
 
 def list_reflection_lms() -> list[str]:
     import fst_jax.gepa.openai_lm  # noqa: F401
 
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 class LocalReflectionLM:
