@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 from fst_jax import gepa as gepa_lib
 from fst_jax import sampling
@@ -26,8 +25,6 @@ from fst_jax.config_checks import MODES, config_check, task_names, validate_conf
 from fst_jax.errors import ConfigError
 
 __all__ = ["MODES", "ConfigError", "config_check", "task_names", "validate_config"]
-
-FENCE = "```\n"  # opening fence prefilled into the local reflection LM's reply
 
 
 def _nearest(name: str, choices: Sequence[str]) -> str:
@@ -141,43 +138,13 @@ def make_reflection_lm(
         if c.reflection_base_url:
             kw["base_url"] = c.reflection_base_url
         return gepa_lib.get_reflection_lm(c.reflection_lm, **kw)
+    from fst_jax.chat import SamplerReflectionLM
+
     sp = sampling.SamplingParams(temperature=c.reflection_temperature,
                                  max_new_tokens=c.reflection_max_tokens)  # fmt: skip
-    limit = model_config.max_position_embeddings - c.reflection_max_tokens
-
-    raw = sampling.raw_bank(tokenizer)
-
-    def generate(conversations: list[list[dict[str, str]]]) -> list[str]:
-        # The reply is prefilled with an opening fence: small local models rarely open one
-        # themselves, and GEPA's extraction reads the text inside the fence.
-        rows = []
-        for conv in conversations:
-            text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-            rows.append(tokenizer.encode(text + FENCE, add_special_tokens=False))
-            n = len(rows[-1])
-            bucket = next((b for b in sampler.task_buckets if b >= n), n)
-            if bucket > limit:  # the sampler pads the prompt to its bucket
-                raise gepa_lib.ReflectionLMError(
-                    "context_overflow",
-                    f"reflection prompt of {n} tokens (bucket {bucket}) + {c.reflection_max_tokens} "
-                    f"new tokens exceeds the local model's {model_config.max_position_embeddings}",
-                )
-        key = key_for(conversations)
-        idx = np.full((len(rows),), raw.no_context, np.int32)
-        out = sampler.sample(params, raw, idx, sampler.pad_tasks(rows), key, sp, arrays=False)
-        replies = []
-        for done, text in zip(out.finished, out.texts):
-            body = FENCE + text
-            if bool(done) and body.rstrip().count(FENCE) < 2:
-                # Stopped on EOS inside the prefilled fence: close it (as gepa.local_lm does);
-                # a reply cut at max_new_tokens stays unclosed and is counted as truncated.
-                body = body.rstrip() + "\n" + FENCE
-            replies.append(body)
-        return replies
-
-    if jax.process_count() > 1:  # a jitted sampler on the global mesh: every process calls it
-        return gepa_lib.LocalReflectionLM(generate, name="local", collective=True)
-    return gepa_lib.get_reflection_lm("local", generate=generate)
+    # name "local": the reply-cache key of runs (and checkpoints) written before this module
+    return SamplerReflectionLM(sampler, params, tokenizer, sp, key_for=key_for, name="local",
+                               max_positions=model_config.max_position_embeddings)  # fmt: skip
 
 
 class _NoBar:

@@ -49,7 +49,7 @@ def _propose(server, script, *, content_retries=1, max_chars=8000, salt="s", sta
 
 def test_registry_names():
     assert {"openai", "local"} <= set(list_reflection_lms())
-    with pytest.raises(ValueError, match="Unknown reflection LM .gpt-oracle."):
+    with pytest.raises(ValueError, match=r"Unknown reflection LM 'gpt-oracle'"):
         get_reflection_lm("gpt-oracle")
 
 

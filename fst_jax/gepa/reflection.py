@@ -252,11 +252,15 @@ class LocalReflectionLM:
 def _make_local(
     generate: Callable[..., list[str]] | None = None, *, name: str = "local", **sampler_kwargs: Any
 ):
-    if generate is not None:
-        return LocalReflectionLM(generate, name=name)
-    from fst_jax.gepa.local_lm import local_reflection_lm_from_sampler
-
-    return local_reflection_lm_from_sampler(name=name, **sampler_kwargs)
+    """`local` by name wraps a `generate` callable; a model-backed one is built above this
+    package (GEPA stays free of JAX): `fst_jax.chat.local_reflection_lm(spec=...)`."""
+    if generate is None:
+        raise TypeError(
+            "get_reflection_lm('local') needs generate=<callable(conversations) -> replies>; for "
+            "a local model use fst_jax.chat.local_reflection_lm(spec='smollm2-135m-instruct', "
+            f"...) (got {sorted(sampler_kwargs)})"
+        )
+    return LocalReflectionLM(generate, name=name)
 
 
 # ---------------------------------------------------------------------------------------------
