@@ -282,16 +282,9 @@ def _model(c: Any, ctx: CheckContext) -> None:
     fix = ("pass an HF checkpoint dir (config.json + *.safetensors), a .gguf file, "
            "'smollm2-135m-instruct' or 'random:<named config>'")  # fmt: skip
     if spec.startswith("random:"):
-        from fst_jax.models import named_configs
+        from fst_jax.models.random_init import parse_random_spec
 
-        name, *fields = (p.strip() for p in spec.split(":", 1)[1].split(","))
-        if name not in named_configs():
-            raise ConfigError("unknown model config", "model.spec", spec,
-                              f"{nearest(name, list(named_configs()))}named configs: "
-                              f"{', '.join(named_configs())}")  # fmt: skip
-        from fst_jax.run_setup import _random_spec_fields
-
-        _random_spec_fields(name, fields)
+        parse_random_spec(spec)
         return
     from fst_jax.models.loading import is_embedded
 

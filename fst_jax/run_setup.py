@@ -3,17 +3,16 @@
 `fst_jax.controller` is the FST loop; this module keeps the parts around it that only turn a
 config into objects, so the loop reads top to bottom: the config checks that fail before any
 device work (`validate_config`, `ConfigError`, `MODES`), the policy model (`load_model`, including
-the tests' ``random:<named config>[,field=value...]`` specs), the `local` reflection LM on the
-run's own sampler (`make_reflection_lm`), and the progress bars (`progress`, `ProgressSampler`). The checks themselves live in
-`fst_jax.config_checks` (re-exported here).
+``random:<named config>[,field=value...]`` specs from `fst_jax.models.random_init`), the `local`
+reflection LM on the run's own sampler (`make_reflection_lm`, built by `fst_jax.chat`), and the
+progress bars (`progress`, `ProgressSampler`). The checks live in `fst_jax.config_checks`.
 Nothing here holds run state; the controller owns the RNG keys and passes them in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,37 +26,6 @@ from fst_jax.errors import ConfigError
 __all__ = ["MODES", "ConfigError", "config_check", "task_names", "validate_config"]
 
 
-def _nearest(name: str, choices: Sequence[str]) -> str:
-    near = difflib.get_close_matches(name, list(choices), n=1)
-    return f" Did you mean {near[0]!r}?" if near else ""
-
-
-def _random_spec_fields(name: str, fields: list[str]) -> dict[str, Any]:
-    """``field=value`` items of a ``random:`` spec → ModelConfig overrides (typed like the field)."""
-    from fst_jax.models import ModelConfig
-
-    types_ = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)
-              if f.name != "name" and str(f.type) in ("int", "float", "bool", "str")}  # fmt: skip
-    out: dict[str, Any] = {}
-    for item in fields:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or key not in types_:
-            raise ConfigError(
-                f"model spec 'random:{name},...': {item!r} is not field=value of a ModelConfig "
-                f"field.{_nearest(key, list(types_))} e.g. random:{name},max_position_embeddings=4096"
-            )
-        t, raw = types_[key], raw.strip()
-        bools = {"true": True, "1": True, "false": False, "0": False}
-        try:
-            out[key] = {"int": int, "float": float, "str": str, "bool": bools.__getitem__}[t](
-                raw.lower() if t == "bool" else raw
-            )
-        except (ValueError, KeyError):
-            raise ConfigError(f"model spec field {key}={raw!r} is not a valid {t}") from None
-    return out
-
-
 def load_model(config: Any) -> tuple[Any, Any, Any]:
     """``random:<named config>[,field=value...]`` → random init + the tiny tokenizer (tests; the
     fields override the named config, e.g. a longer ``max_position_embeddings`` so the local
@@ -68,17 +36,9 @@ def load_model(config: Any) -> tuple[Any, Any, Any]:
         remat=config.model.remat, scan_layers=config.model.scan_layers,
     )  # fmt: skip
     if spec.startswith("random:"):
-        from fst_jax.models import get_config, init_params, named_configs
-        from fst_jax.models.testing import tiny_tokenizer
+        from fst_jax.models.random_init import random_model
 
-        name, *fields = (p.strip() for p in spec.split(":", 1)[1].split(","))
-        if name not in named_configs():
-            raise ConfigError(
-                f"unknown model config {name!r}.{_nearest(name, list(named_configs()))}"
-            )
-        mcfg = get_config(name, **{**overrides, **_random_spec_fields(name, fields)})
-        params = init_params(mcfg, jax.random.key(config.seed))
-        return mcfg, params, tiny_tokenizer()
+        return random_model(spec, config.seed, **overrides)
     from fst_jax.models import CheckpointError, load
 
     dtype = overrides.pop("dtype")

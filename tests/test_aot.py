@@ -5,6 +5,7 @@ Oracles: per-device argument bytes must equal the shard sizes implied by the inp
 replicated layout, and more micro-batches must shrink the train step's temporaries.
 """
 
+import importlib
 import math
 
 import jax
@@ -14,6 +15,8 @@ import pytest
 from fst_jax import aot
 from fst_jax.models.config import get_config
 from fst_jax.models.decoder import param_shapes
+
+aot_plan = importlib.import_module("fst_jax.aot.plan")  # the module (`aot.plan` is its function)
 
 W = aot.Workload(problems=4, group=4, prompt_len=48, response_len=32, bank_prompts=4, bank_len=16)
 MODEL = "tiny_qwen3"
@@ -157,13 +160,15 @@ def test_search_raises_splits_until_it_fits(fsdp_run, mb2_run):
 
 def test_split_helpers():
     assert (
-        aot._max_split(16, 8) == 2 and aot._max_split(256, 16) == 16 and aot._max_split(6, 4) == 1
+        aot_plan._max_split(16, 8) == 2
+        and aot_plan._max_split(256, 16) == 16
+        and aot_plan._max_split(6, 4) == 1
     )
     # total 100, 20 fixed, budget 40 → the scalable 80 must shrink 4× → 1 → 4.
-    assert aot._grow(1, 100, 40, 20, 64) == 4
-    assert aot._grow(1, 100, 40, 20, 2) == 2  # capped
-    assert aot._grow(2, 100, 40, 20, 2) is None
-    assert aot._grow(1, 100, 40, 50, 64) is None  # fixed part alone exceeds the budget
+    assert aot_plan._grow(1, 100, 40, 20, 64) == 4
+    assert aot_plan._grow(1, 100, 40, 20, 2) == 2  # capped
+    assert aot_plan._grow(2, 100, 40, 20, 2) is None
+    assert aot_plan._grow(1, 100, 40, 50, 64) is None  # fixed part alone exceeds the budget
 
 
 def test_errors_are_named():
@@ -176,7 +181,7 @@ def test_errors_are_named():
     with pytest.raises(ValueError, match="Unknown slice"):
         aot.plan(MODEL, ["v9-1"], W)
     with pytest.raises(ValueError, match="expected 'data,fsdp,tensor"):
-        aot._parse_mesh("1,2")
+        aot_plan._parse_mesh("1,2")
     with pytest.raises(SystemExit):
         aot.main(["--slices=cpu-8", "--mesh=1,4,1"])
 

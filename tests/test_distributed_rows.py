@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from fst_jax import distributed, sampling
 from fst_jax import sharding as shd
 from fst_jax.models import get_config, init_params
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.rows import RowShardedSampler, RowShardedTask, gather_rows, row_blocks, rows_of
 
 

@@ -15,7 +15,7 @@ import json
 import fault_server
 import pytest
 from fault_server import FaultServer
-from test_gepa_fixtures import ScriptedPolicy
+from fixtures import ScriptedPolicy
 
 from fst_jax.gepa import GepaConfig, PopulationState, Reflector, get_reflection_lm, run_round
 

@@ -95,7 +95,7 @@ def test_sampler_backend_bookkeeping_on_a_tiny_random_model(tmp_path):
 
     from fst_jax.gepa import load_template
     from fst_jax.models import get_config, init_params
-    from fst_jax.models.testing import tiny_tokenizer
+    from fst_jax.models.random_init import tiny_tokenizer
 
     config = get_config("tiny_llama", max_position_embeddings=2048)
     params = init_params(config, jax.random.PRNGKey(0))

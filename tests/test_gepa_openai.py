@@ -5,7 +5,7 @@ from __future__ import annotations
 import fault_server
 import pytest
 from fault_server import FaultServer
-from test_gepa_fixtures import ScriptedPolicy
+from fixtures import ScriptedPolicy
 
 from fst_jax.gepa import (
     GepaConfig,

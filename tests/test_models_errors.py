@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from fst_jax.models import CheckpointError, get_config, init_params, load, save_hf
 from fst_jax.models import embedded as embedded_mod
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.sharding import make_mesh, param_shardings
 
 

@@ -97,7 +97,7 @@ import sys, jax
 from fst_jax.models import get_config, init_params, load, save_hf, smollm2_gguf_path
 from fst_jax.chat import greedy_tokens
 from fst_jax.models.gguf_loader import open_gguf
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.models.tokenizer import tokenizer_from_gguf
 c = get_config("tiny_llama3")
 save_hf({str(tmp_path)!r}, c, init_params(c, jax.random.PRNGKey(0)), tiny_tokenizer())

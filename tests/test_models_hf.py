@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from fst_jax.models import forward, get_config, init_params, load, save_hf
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.sharding import make_mesh, param_shardings
 
 TOL = 1e-4
