@@ -50,7 +50,10 @@ setup(
     name="fst_jax",
     version="0.1.0",
     description="Fast-Slow Training: RL on weights (CISPO) + GEPA prompt evolution, in JAX",
-    packages=find_packages(include=["fst_jax", "fst_jax.*"]),
+    # experiments/configs ships as the importable package fst_jax.configs, so a non-editable
+    # `pip install .` (pod VMs) still has every config (fst_jax.main.config_dir finds it).
+    packages=[*find_packages(include=["fst_jax", "fst_jax.*"]), "fst_jax.configs"],
+    package_dir={"fst_jax.configs": "experiments/configs"},
     package_data={"fst_jax": ["**/*.txt", "**/*.json", "**/*.jsonl", "**/*.jinja", "**/*.md"]},
     include_package_data=True,
     python_requires=">=3.11",
