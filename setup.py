@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-# Lower bounds are the versions measured to work together on Python 3.11 (shared/research/env.md).
+# Lower bounds are the versions measured to work together on Python 3.11.
 INSTALL_REQUIRES = [
     "jax[cpu]>=0.10.2",
     "flax>=0.12.8",
