@@ -42,6 +42,7 @@ def mb2_run():
     )
 
 
+@pytest.mark.slow  # AOT compiles
 def test_argument_bytes_match_shardings(fsdp_run):
     """The compiled executable's argument size is the sum of per-device shard sizes."""
     cfg = aot.model_for(MODEL, aot.Point(1, 8, 1), "float32", "float32")
@@ -65,6 +66,7 @@ def test_argument_bytes_match_shardings(fsdp_run):
     assert stats["arguments"] == state_bytes + rows_bytes
 
 
+@pytest.mark.slow  # AOT compiles
 def test_fsdp_divides_the_state(fsdp_run):
     full = _full_state_bytes(MODEL)
     replicated = aot.evaluate_point(
@@ -82,6 +84,7 @@ def test_fsdp_divides_the_state(fsdp_run):
     assert fsdp_run["train_state"] >= full / 8
 
 
+@pytest.mark.slow  # AOT compiles
 def test_microbatches_shrink_temps(fsdp_run, mb2_run):
     assert mb2_run["train"]["temps"] < fsdp_run["train"]["temps"]
     assert mb2_run["train_state"] == fsdp_run["train_state"]
@@ -89,6 +92,7 @@ def test_microbatches_shrink_temps(fsdp_run, mb2_run):
     assert mb2_run["prefill"]["total"] < fsdp_run["prefill"]["total"]
 
 
+@pytest.mark.slow  # AOT compiles
 def test_sampler_accounting(fsdp_run):
     r = fsdp_run
     for k in ("prefill", "decode"):
@@ -99,6 +103,7 @@ def test_sampler_accounting(fsdp_run):
     assert r["decode"]["aliased"] > 0
 
 
+@pytest.mark.slow  # AOT compiles
 def test_plan_subprocess_and_table():
     """The CI command: a fresh 8-device subprocess, a candidate, table + recommendation."""
     res = aot.plan(
@@ -121,6 +126,7 @@ def test_plan_subprocess_and_table():
     assert "cpu-8" in aot.recommendations(res)
 
 
+@pytest.mark.slow  # AOT compiles
 def test_search_raises_splits_until_it_fits(fsdp_run, mb2_run):
     """A budget between the split=1 and split=2 footprints: the search must end at split 2 and
     fit — micro-batches for the train step, sampler calls for sampling."""

@@ -63,6 +63,7 @@ def _cli(*flags):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # fst-train subprocesses
 def test_cli_unknown_key_and_task(tmp_path):
     r = _cli("--config.rl.group_sze=3", f"--workdir={tmp_path}")
     assert r.returncode == 2 and r.stderr.strip() == (

@@ -91,6 +91,7 @@ def run_mode(mode, workdir):
     return ctl, summary, base, lm
 
 
+@pytest.mark.slow  # a whole two-cycle run per mode: tens of seconds each on 2 cores
 @pytest.mark.parametrize("mode", run_setup.MODES)
 def test_mode_two_cycles(mode, tmp_path):
     ctl, summary, base, lm = run_mode(mode, tmp_path)

@@ -58,6 +58,7 @@ def test_bad_generate_args(tiny):
         greedy_tokens(config, params, tok, [[1] * 500], max_new_tokens=100)
 
 
+@pytest.mark.slow  # subprocess
 def test_cli_prints_the_greedy_reply(tiny):
     path, _ = tiny
     config, params, tok = load(path)
@@ -90,6 +91,7 @@ def test_legacy_v4_config_spelling():
     assert v4.num_kv_heads == 4 and v4.head_dim == 16
 
 
+@pytest.mark.slow  # subprocess
 def test_loading_and_export_never_import_torch(tmp_path):
     """The package must work where torch is absent: run the whole path in a fresh interpreter."""
     script = f"""
