@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12.8",
     "transformers>=5.24.0",
     "tokenizers>=0.23.3",
+    "huggingface_hub>=1.0",  # model.spec=owner/name Hub ids (offline from the local cache)
     "safetensors>=0.8.0",
     "gguf>=0.19.0",
     "datasets>=5.2.0",

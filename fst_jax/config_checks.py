@@ -280,16 +280,18 @@ def _tasks(c: Any, ctx: CheckContext) -> None:
 def _model(c: Any, ctx: CheckContext) -> None:
     spec = str(c.model.spec)
     fix = ("pass an HF checkpoint dir (config.json + *.safetensors), a .gguf file, "
-           "'smollm2-135m-instruct' or 'random:<named config>'")  # fmt: skip
+           "a Hub id (owner/name[@revision]), 'smollm2-135m-instruct' or "
+           "'random:<named config>'")  # fmt: skip
     if spec.startswith("random:"):
         from fst_jax.models.random_init import parse_random_spec
 
         parse_random_spec(spec)
         return
+    from fst_jax.models.hub import is_hub_id
     from fst_jax.models.loading import is_embedded
 
-    if is_embedded(spec):
-        return
+    if is_embedded(spec) or is_hub_id(spec):
+        return  # resolved (and its errors reported) when the model loads
     p = Path(os.path.expanduser(spec))
     if p.is_dir():
         if not (p / "config.json").is_file():
