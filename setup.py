@@ -64,6 +64,7 @@ setup(
         # TPU VMs; gs:// workdirs (epath via gcsfs; orbax lists/commits via google-cloud-storage).
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2026.9.0", "google-cloud-storage>=3.0"],
         "data": ["reasoning-gym==0.1.25"],
+        "wandb": ["wandb>=0.31.0"],  # --config.metrics.wandb=<project>
     },
     entry_points={
         "console_scripts": [

@@ -308,6 +308,15 @@ def _model(c: Any, ctx: CheckContext) -> None:
                       spec, fix)  # fmt: skip
 
 
+@config_check("metrics")
+def _metrics(c: Any, ctx: CheckContext) -> None:
+    project = c.metrics.wandb if "metrics" in c else ""
+    if project:
+        from fst_jax.wandb_writer import require_wandb
+
+        require_wandb(str(project))
+
+
 @config_check("reflection_lm")
 def _reflection(c: Any, ctx: CheckContext) -> None:
     g = c.gepa

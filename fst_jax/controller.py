@@ -245,7 +245,10 @@ class Controller:
             allow_foreign=c.resume == "force",
         )  # fmt: skip
         resume_step = self._maybe_restore()
-        self.writer = metrics.MetricsWriter(self.workdir, resume_step=resume_step)
+        self.writer = metrics.MetricsWriter(
+            self.workdir, resume_step=resume_step, run_config=ckpt_lib.flatten_config(c.to_dict()),
+            wandb_project=c.metrics.wandb if "metrics" in c else "",
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ setup helpers
 

@@ -16,9 +16,9 @@ import urllib.request
 import numpy as np
 import openai
 import pytest
+from fst_jax.models.generate import greedy_generate
 
 from fst_jax.models import decoder
-from fst_jax.models.generate import greedy_generate
 from fst_jax.sampling import num_compilations
 from fst_jax.serve import load_spec, serving
 from fst_jax.serve.backend import decode_pieces, tempered

@@ -161,4 +161,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.eval_every = 50  # validation loss every N steps (and at start and end)
     c.sft.checkpoint_every = 50
     c.sft.export = True  # HF checkpoint dir <workdir>/export at the end
+    c.metrics = ml_collections.ConfigDict()  # metrics.jsonl + TensorBoard always
+    c.metrics.wandb = ""  # a W&B project name mirrors the scalars there ('' = off; pip extra)
     return c
