@@ -55,12 +55,14 @@ def generate_replies(
     prefix: str = "",
     max_positions: int | None = None,
     bank: Any = None,
+    sample_kwargs: dict[str, Any] | None = None,
 ) -> list[LMReply]:
     """One sampler call for a batch of chats → one `LMReply` each (text includes `prefix`).
 
     `max_positions` (the model's context) turns a prompt that cannot fit with its reply budget
     into a `ReflectionLMError("context_overflow")` instead of an XLA shape error; the sampler pads
-    each prompt to its length bucket, so the bucket is what must fit.
+    each prompt to its length bucket, so the bucket is what must fit. `sample_kwargs` go to
+    ``sampler.sample`` (a run's row-sharded sampler takes ``arrays=False``: texts only).
     """
     rows = encode_chats(tokenizer, conversations, prefix)
     if max_positions is not None:
@@ -75,7 +77,8 @@ def generate_replies(
                 )
     bank = raw_bank(tokenizer) if bank is None else bank  # no context: the chat alone
     idx = np.full((len(rows),), bank.no_context, np.int32)
-    out = sampler.sample(params, bank, idx, sampler.pad_tasks(rows), key, sampling)
+    out = sampler.sample(params, bank, idx, sampler.pad_tasks(rows), key, sampling,
+                         **(sample_kwargs or {}))  # fmt: skip
     finished = np.asarray(jax.device_get(out.finished))
     lengths = np.asarray(jax.device_get(out.completion_lengths))
     replies = []
@@ -106,8 +109,10 @@ class SamplerReflectionLM(LocalReflectionLM):
         max_positions: int,
         prefix: str = FENCE_PREFIX,
         name: str = "local",
+        sample_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.sampler, self.params, self._tok = sampler, params, tokenizer
+        self.sample_kwargs = sample_kwargs
         self.sampling, self.prefix, self.key_for = sampling, prefix, key_for
         self.max_positions, self.bank = max_positions, raw_bank(tokenizer)
         super().__init__(self._texts, name=name, collective=True)
@@ -116,6 +121,7 @@ class SamplerReflectionLM(LocalReflectionLM):
         return generate_replies(
             self.sampler, self.params, self._tok, conversations, self.sampling,
             self.key_for(conversations), prefix=self.prefix, max_positions=self.max_positions, bank=self.bank,
+            sample_kwargs=self.sample_kwargs,
         )  # fmt: skip
 
     def _texts(self, conversations: list[list[dict[str, str]]]) -> list[str]:

@@ -104,7 +104,8 @@ def make_reflection_lm(
                                  max_new_tokens=c.reflection_max_tokens)  # fmt: skip
     # name "local": the reply-cache key of runs (and checkpoints) written before this module
     return SamplerReflectionLM(sampler, params, tokenizer, sp, key_for=key_for, name="local",
-                               max_positions=model_config.max_position_embeddings)  # fmt: skip
+                               max_positions=model_config.max_position_embeddings,
+                               sample_kwargs={"arrays": False})  # fmt: skip
 
 
 class _NoBar:

@@ -95,8 +95,8 @@ def test_task_stream_then_plasticity_probe(tmp_path):
     lm = gepa.get_reflection_lm("local", generate=ScriptedLM())
     ctl = controller.Controller(c, tmp_path / "stream", reflection_lm=lm)
     ctl.run()
-    assert ctl.positions == {"ctl_parity": 4, "ctl_odd": 4}
-    assert ctl.population.candidates[0].text == c.task.agnostic_seed_prompt  # task-agnostic seed
+    assert ctl.rs.positions == {"ctl_parity": 4, "ctl_odd": 4}
+    assert ctl.rs.population.candidates[0].text == c.task.agnostic_seed_prompt  # task-agnostic seed
     recs = metrics.read_metrics(tmp_path / "stream")
     assert recs[0]["run/task"] == "ctl_parity,ctl_odd"
     # Every evaluation scores every task of the stream, each with its own running max, and

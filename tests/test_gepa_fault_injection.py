@@ -115,14 +115,14 @@ def test_fst_controller_run_against_the_fault_server(tmp_path):
         g.reflection_timeout_s, g.reflection_max_retries = 1.0, 2
         g.reflection_backoff_s, g.reflection_backoff_max_s = 0.001, 0.01
         ctl = controller.Controller(c, tmp_path)
-        seed = ctl.population.candidates[0].text
+        seed = ctl.rs.population.candidates[0].text
         server.parent = seed
         server.reset(cycle=CYCLE)
         summary = ctl.run()
     finally:
         server.close()
     assert summary["cycles"] == 3 and summary["steps"] == 6
-    pop = ctl.population
+    pop = ctl.rs.population
     assert pop.candidates[0].text == seed
     assert all(x.text.startswith(server.good + " (variant ") for x in pop.candidates[1:])
     served = server.served()

@@ -22,7 +22,7 @@ def test_fst_run_with_disjoint_anchors_two_updates_and_top_p(tmp_path):
     assert len(held) == 8 and len(rl_pool) == 16
     assert not {e.id for e in held} & {e.id for e in rl_pool}
     ctl.run()
-    assert set(ctl.population.anchor_ids) <= {e.id for e in held}  # GEPA never saw RL problems
+    assert set(ctl.rs.population.anchor_ids) <= {e.id for e in held}  # GEPA never saw RL problems
     recs = metrics.read_metrics(tmp_path)
     train = [r for r in recs if "train/loss" in r]
     assert len(train) == 4 and all(r["train/updates"] == 2 for r in train)
