@@ -20,6 +20,7 @@ from typing import Any
 
 from fst_jax import registry
 from fst_jax.errors import ConfigError
+from fst_jax.tasks.stream import task_names
 
 MODES = ("rl", "gepa", "fst", "fst_distill")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -224,11 +225,6 @@ def _shapes(c: Any, ctx: CheckContext) -> None:
     if c.task.stream and c.task.switch_every < 1:
         raise ConfigError("task.stream is set but task.switch_every < 1", "task.switch_every",
                           c.task.switch_every, "set the RL steps per task (>= 1)")  # fmt: skip
-
-
-def task_names(config: Any) -> list[str]:
-    stream = [s.strip() for s in str(config.task.stream).split(",") if s.strip()]
-    return stream or [config.task.name]
 
 
 @config_check("tasks")

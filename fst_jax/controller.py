@@ -43,7 +43,6 @@ import hashlib
 import json
 import logging
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -58,29 +57,30 @@ from fst_jax import (
     paths,
     rl,
     run_summary,
-    sampling,
     settings,
     sharding,
 )
 from fst_jax import gepa as gepa_lib
-from fst_jax.gepa.round import budget_warning
+from fst_jax.errors import ConfigError
 from fst_jax.gepa_eval import SamplerEvaluator
 from fst_jax.rl.distill import teacher_view
-from fst_jax.rows import RowShardedSampler, RowShardedTask
+from fst_jax.rows import RowShardedTask
 from fst_jax.run_setup import (
-    ConfigError,
-    ProgressSampler,
     load_model,
     make_reflection_lm,
+    make_sampling,
+    make_trainer,
     progress,
     reflector_kwargs,
+    starting_params,
     task_names,
     validate_config,
+    warn_gepa_budget,
 )
 from fst_jax.run_state import RunState
 from fst_jax.run_summary import format_summary
 from fst_jax.sampling.prompt_bank import spread_contexts
-from fst_jax.tasks.stream import DataStream, anchor_set, train_split
+from fst_jax.tasks.stream import DataStream, anchor_set, cycle_plan, stream_cycles, train_split
 
 __all__ = ["Controller", "cycle_plan", "format_summary", "stream_cycles", "validate_config"]
 
@@ -97,29 +97,6 @@ def _fold(key: jax.Array, *ints: int) -> jax.Array:
 
 def _text_hash(obj: Any) -> int:
     return int(hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8], 16)
-
-
-def cycle_plan(config: Any, cycle: int) -> tuple[str, int]:
-    """(task, RL steps) of `cycle`. A plain run: (its task, T). A stream: each task gets exactly
-    ``task.switch_every`` RL steps, in cycles of T that never straddle a switch (a stage's last
-    cycle is shorter when T does not divide switch_every), so every GEPA round works on the task
-    RL trains on next and a switch starts with a fresh round."""
-    names, t = task_names(config), config.rl.steps_per_cycle
-    if len(names) == 1:
-        return names[0], t
-    per_stage = -(-config.task.switch_every // t)
-    stage, k = divmod(cycle, per_stage)
-    if stage >= len(names):
-        raise ConfigError(
-            f"cycle {cycle} is past the stream's {len(names)} × {per_stage} cycles; set "
-            f"num_cycles={len(names) * per_stage}"
-        )
-    return names[stage], min(t, config.task.switch_every - k * t)
-
-
-def stream_cycles(config: Any) -> int:
-    """Cycles a task stream takes: len(stream) × ceil(switch_every / T)."""
-    return len(task_names(config)) * -(-config.task.switch_every // config.rl.steps_per_cycle)
 
 
 class Controller:
@@ -154,46 +131,19 @@ class Controller:
         self.model_config, params, self.tokenizer = model or load_model(c)
         self.key = jax.random.key(c.seed)
         self.T, self.G, self.K = c.rl.steps_per_cycle, c.rl.group_size, c.gepa.k
-        # Loss, advantage and GEPA settings are built field by field from the config
-        # (`fst_jax.settings`), so every field is a --config.x.y knob.
-        rl_cfg = settings.rl_config(c)
-        self.advantage_kwargs = (
-            {} if c.mode == "fst_distill" else settings.advantage_kwargs(c.rl, c.rl.advantage)
+        # Loss, advantage and GEPA settings come from the config (`fst_jax.settings`).
+        self.train_step, self.measure_kl, self.ref_logps, self.advantage_kwargs = make_trainer(
+            c, self.model_config, self.mesh
         )
-        self.train_step = rl.make_train_step(self.model_config, self.mesh, rl_cfg)
-        self.measure_kl = rl.make_measure_kl(self.model_config, self.mesh)
-        self.ref_logps = (
-            rl.make_logps_fn(self.model_config, self.mesh, temperature=rl_cfg.temperature)
-            if c.rl.kl_coef
-            else None
+        # π_base = the original base model: val/kl_to_base, quadrants, local reflection (frozen);
+        # start = the weights the run starts from (the in-loss KL penalty's reference, mode gepa's
+        # frozen policy); init = another run's weights for the plasticity probe (or None).
+        self.base_params = params
+        self.start_params, self.init_params = starting_params(c, params)
+        self.state = self.train_step.init(self.start_params)
+        self.sampler, self.sampling, self.bank = make_sampling(
+            c, self.model_config, self.tokenizer, self.rows
         )
-        if jax.process_count() > 1:  # multi-host (issue 8): host batches → global arrays
-            self._globalize_inputs()
-        # π_base = the original base model: val/kl_to_base, quadrants, local reflection (frozen).
-        self.base_params, self.init_params = params, None
-        if c.init_from:  # plasticity probe: this run starts from another run's weights
-            abstract = ckpt_lib.abstract_like(params)
-            step = None if c.init_from_step < 0 else c.init_from_step
-            params, _ = ckpt_lib.restore_params(
-                c.init_from, abstract, step, keys=("train", "params")
-            )
-            self.init_params = params  # val/kl_to_init; the in-loss KL penalty's reference
-        # The weights the run starts from: the in-loss KL penalty ("KL to the starting weights")
-        # and mode gepa's frozen policy.
-        self.start_params = params
-        self.state = self.train_step.init(params)
-        self.sampler = ProgressSampler(
-            RowShardedSampler(sampling.Sampler(self.model_config, self.tokenizer), self.rows),
-            enabled=c.progress,
-        )
-        self.sampling = sampling.SamplingParams(
-            temperature=c.sampling.temperature, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
-            max_new_tokens=c.sampling.max_new_tokens,
-        )  # fmt: skip
-        self.bank = sampling.build_bank(
-            self.tokenizer, [], max_prompts=c.gepa.max_pool,
-            max_len=c.sampling.max_context_len, mode=c.sampling.context_in,
-        )  # fmt: skip
         # The local reflection LM samples the frozen base policy; its keys read self.key at call
         # time (a resumed run's restored key), tagged like every other draw of this loop.
         self.reflector = gepa_lib.Reflector(
@@ -207,10 +157,7 @@ class Controller:
         )  # fmt: skip
         self.gepa_config = settings.gepa_config(c.gepa)
         if c.mode in ("gepa", "fst", "fst_distill") and self.is_main:
-            rescore = c.gepa.k * c.gepa.anchor_size if c.gepa.rescore == "shared" else 0
-            warning = budget_warning(c.gepa.budget, c.gepa.anchor_size, c.gepa.minibatch, rescore)
-            if warning:
-                log.warning(warning)
+            warn_gepa_budget(c.gepa)
         # Host-side run state: one object that serialises itself into the checkpoint.
         self.rs = RunState.new(self.tasks, self._seed_prompt(task_names(c)[0]), seed=c.seed,
                                minibatch_size=c.gepa.minibatch)  # fmt: skip
@@ -224,25 +171,13 @@ class Controller:
             wandb_project=c.metrics.wandb if "metrics" in c else "",
         )  # fmt: skip
 
+    def __getattr__(self, name: str) -> Any:
+        """Read access to the run state's fields (``ctl.step``, ``ctl.population``, ...)."""
+        if name in RunState.__dataclass_fields__ and "rs" in self.__dict__:
+            return getattr(self.rs, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # ------------------------------------------------------------------ setup helpers
-
-    def _globalize_inputs(self) -> None:
-        """Every host builds the same numpy batch; the trainer's jitted functions (explicit
-        in_shardings) need global arrays on a multi-process mesh, so convert at the boundary."""
-        bs = sharding.batch_sharding(self.mesh)
-        self.train_step.jitted = distributed.with_global_inputs(self.train_step.jitted, bs)
-        if self.ref_logps is not None:
-            self.ref_logps = distributed.with_global_inputs(self.ref_logps, bs, gather_outputs=True)
-        measure = self.measure_kl
-
-        def measure_kl(params: Any, base_params: Any, batch: Any) -> Any:
-            g = distributed.host_to_global(
-                (batch.tokens, batch.positions, batch.completion_mask), bs
-            )
-            return measure(params, base_params, types.SimpleNamespace(
-                tokens=g[0], positions=g[1], completion_mask=g[2]))  # fmt: skip
-
-        self.measure_kl = measure_kl
 
     def _seed_prompt(self, task_name: str) -> str:
         c = self.config.task

@@ -108,6 +108,92 @@ def make_reflection_lm(
                                sample_kwargs={"arrays": False})  # fmt: skip
 
 
+def make_trainer(c: Any, model_config: Any, mesh: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(train step, KL measure, reference log-probs fn or None, advantage kwargs) from the
+    config, wrapped for global inputs on a multi-host mesh."""
+    from fst_jax import rl, settings
+
+    rl_cfg = settings.rl_config(c)
+    adv = {} if c.mode == "fst_distill" else settings.advantage_kwargs(c.rl, c.rl.advantage)
+    train_step = rl.make_train_step(model_config, mesh, rl_cfg)
+    measure_kl = rl.make_measure_kl(model_config, mesh)
+    ref_logps = (
+        rl.make_logps_fn(model_config, mesh, temperature=rl_cfg.temperature)
+        if c.rl.kl_coef
+        else None
+    )
+    if jax.process_count() > 1:  # multi-host (issue 8): host batches → global arrays
+        train_step.jitted, ref_logps, measure_kl = globalize_trainer(
+            mesh, train_step.jitted, ref_logps, measure_kl
+        )
+    return train_step, measure_kl, ref_logps, adv
+
+
+def starting_params(c: Any, params: Any) -> tuple[Any, Any]:
+    """(weights the run starts from, init_params): `params` and None, or for the plasticity probe
+    (``init_from``) another run's weights twice (they are also val/kl_to_init's reference)."""
+    if not c.init_from:
+        return params, None
+    from fst_jax import checkpoint as ckpt_lib
+
+    step = None if c.init_from_step < 0 else c.init_from_step
+    init, _ = ckpt_lib.restore_params(
+        c.init_from, ckpt_lib.abstract_like(params), step, keys=("train", "params")
+    )
+    return init, init
+
+
+def make_sampling(c: Any, model_config: Any, tokenizer: Any, rows: Any) -> tuple[Any, Any, Any]:
+    """(row-sharded sampler with a progress bar, SamplingParams, empty prompt bank)."""
+    from fst_jax.rows import RowShardedSampler
+
+    sampler = ProgressSampler(
+        RowShardedSampler(sampling.Sampler(model_config, tokenizer), rows), enabled=c.progress
+    )
+    sp = sampling.SamplingParams(
+        temperature=c.sampling.temperature, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
+        max_new_tokens=c.sampling.max_new_tokens,
+    )  # fmt: skip
+    bank = sampling.build_bank(
+        tokenizer, [], max_prompts=c.gepa.max_pool, max_len=c.sampling.max_context_len,
+        mode=c.sampling.context_in,
+    )  # fmt: skip
+    return sampler, sp, bank
+
+
+def warn_gepa_budget(g: Any) -> None:
+    """Logs `gepa.round.budget_warning` for ``config.gepa`` (a budget too small to iterate)."""
+    import logging
+
+    from fst_jax.gepa.round import budget_warning
+
+    rescore = g.k * g.anchor_size if g.rescore == "shared" else 0
+    warning = budget_warning(g.budget, g.anchor_size, g.minibatch, rescore)
+    if warning:
+        logging.getLogger("fst_jax.controller").warning(warning)
+
+
+def globalize_trainer(mesh: Any, train_jitted: Any, ref_logps: Any, measure_kl: Any):
+    """Multi-host: every host builds the same numpy batch, but the trainer's jitted functions
+    (explicit in_shardings) need global arrays, so they convert at this boundary. Returns the
+    wrapped (train step, reference log-probs or None, KL measure)."""
+    import types
+
+    from fst_jax import distributed, sharding
+
+    bs = sharding.batch_sharding(mesh)
+    train_jitted = distributed.with_global_inputs(train_jitted, bs)
+    if ref_logps is not None:
+        ref_logps = distributed.with_global_inputs(ref_logps, bs, gather_outputs=True)
+
+    def global_measure_kl(params: Any, base_params: Any, batch: Any) -> Any:
+        g = distributed.host_to_global((batch.tokens, batch.positions, batch.completion_mask), bs)
+        return measure_kl(params, base_params, types.SimpleNamespace(
+            tokens=g[0], positions=g[1], completion_mask=g[2]))  # fmt: skip
+
+    return train_jitted, ref_logps, global_measure_kl
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass

@@ -79,3 +79,32 @@ def anchor_set(
     if anchors != "disjoint":
         return stream.peek(size)
     return DataStream(pool, seed, cycle * size).peek(size)
+
+
+def task_names(config: Any) -> list[str]:
+    """The run's tasks in order: ``task.stream`` (comma-separated) or ``task.name``."""
+    stream = [s.strip() for s in str(config.task.stream).split(",") if s.strip()]
+    return stream or [config.task.name]
+
+
+def cycle_plan(config: Any, cycle: int) -> tuple[str, int]:
+    """(task, RL steps) of `cycle`. A plain run: (its task, T). A stream: each task gets exactly
+    ``task.switch_every`` RL steps, in cycles of T that never straddle a switch (a stage's last
+    cycle is shorter when T does not divide switch_every), so every GEPA round works on the task
+    RL trains on next and a switch starts with a fresh round."""
+    names, t = task_names(config), config.rl.steps_per_cycle
+    if len(names) == 1:
+        return names[0], t
+    per_stage = -(-config.task.switch_every // t)
+    stage, k = divmod(cycle, per_stage)
+    if stage >= len(names):
+        raise ConfigError(
+            f"cycle {cycle} is past the stream's {len(names)} × {per_stage} cycles; set "
+            f"num_cycles={len(names) * per_stage}"
+        )
+    return names[stage], min(t, config.task.switch_every - k * t)
+
+
+def stream_cycles(config: Any) -> int:
+    """Cycles a task stream takes: len(stream) × ceil(switch_every / T)."""
+    return len(task_names(config)) * -(-config.task.switch_every // config.rl.steps_per_cycle)
