@@ -82,7 +82,14 @@ from fst_jax.run_summary import format_summary
 from fst_jax.sampling.prompt_bank import spread_contexts
 from fst_jax.tasks.stream import DataStream, anchor_set, cycle_plan, stream_cycles, train_split
 
-__all__ = ["Controller", "cycle_plan", "format_summary", "stream_cycles", "validate_config"]
+__all__ = [
+    "Controller",
+    "DataStream",
+    "cycle_plan",
+    "format_summary",
+    "stream_cycles",
+    "validate_config",
+]
 
 log = logging.getLogger(__name__)
 
