@@ -10,13 +10,13 @@ import json
 import jax
 import numpy as np
 import pytest
-from fst_jax.models.testing import tiny_tokenizer
 from test_controller_e2e import ScriptedLM, tiny_config
 
 from fst_jax import checkpoint as ckpt
 from fst_jax import controller, gepa, metrics, rl, sharding
 from fst_jax.models import get_config, init_params, save_hf
 from fst_jax.models.hf import _leaf, tensor_specs, to_hf
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.rl.train_step import microbatch_loss
 from fst_jax.run_setup import ConfigError
 from fst_jax.sft import data as sft_data
