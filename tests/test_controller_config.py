@@ -88,6 +88,7 @@ def test_refuses_foreign_workdir_unless_forced(tmp_path):
         controller.Controller(c, tmp_path)
 
 
+@pytest.mark.slow  # > 20 s on 2 cores (whole runs)
 def test_task_stream_then_plasticity_probe(tmp_path):
     c = tiny_config("fst")
     c.task.stream, c.task.switch_every = "ctl_parity,ctl_odd", 2
