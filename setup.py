@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-# Lower bounds are the versions measured to work together on Python 3.11 (shared/research/env.md).
+# Lower bounds are the versions measured to work together on Python 3.11.
 INSTALL_REQUIRES = [
     "jax[cpu]>=0.10.2",
     "flax>=0.12.8",
@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12.8",
     "transformers>=5.24.0",
     "tokenizers>=0.23.3",
+    "huggingface_hub>=1.0",  # model.spec=owner/name Hub ids (offline from the local cache)
     "safetensors>=0.8.0",
     "gguf>=0.19.0",
     "datasets>=5.2.0",
@@ -50,7 +51,10 @@ setup(
     name="fst_jax",
     version="0.1.0",
     description="Fast-Slow Training: RL on weights (CISPO) + GEPA prompt evolution, in JAX",
-    packages=find_packages(include=["fst_jax", "fst_jax.*"]),
+    # experiments/configs ships as the importable package fst_jax.configs, so a non-editable
+    # `pip install .` (pod VMs) still has every config (fst_jax.main.config_dir finds it).
+    packages=[*find_packages(include=["fst_jax", "fst_jax.*"]), "fst_jax.configs"],
+    package_dir={"fst_jax.configs": "experiments/configs"},
     package_data={"fst_jax": ["**/*.txt", "**/*.json", "**/*.jsonl", "**/*.jinja", "**/*.md"]},
     include_package_data=True,
     python_requires=">=3.11",
@@ -60,6 +64,7 @@ setup(
         # TPU VMs; gs:// workdirs (epath via gcsfs; orbax lists/commits via google-cloud-storage).
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2026.9.0", "google-cloud-storage>=3.0"],
         "data": ["reasoning-gym==0.1.25"],
+        "wandb": ["wandb>=0.31.0"],  # --config.metrics.wandb=<project>
     },
     entry_points={
         "console_scripts": [

@@ -50,6 +50,7 @@ RESUMABLE_KEYS = (
     "sft.eval_every",
     "sft.checkpoint_every",
     "sft.export",
+    "metrics",  # where metrics are mirrored (W&B) never changes what a run computes
 )
 
 

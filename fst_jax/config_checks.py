@@ -11,7 +11,6 @@ needs to change.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import math
 import os
@@ -19,7 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fst_jax import registry
 from fst_jax.errors import ConfigError
+from fst_jax.tasks.stream import task_names
 
 MODES = ("rl", "gepa", "fst", "fst_distill")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -66,8 +67,9 @@ def validate_config(
 
 
 def nearest(name: Any, choices: Sequence[str]) -> str:
-    near = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f"did you mean {near[0]!r}? " if near else ""
+    """`fst_jax.registry.nearest` as a message fragment ("did you mean 'x'? " or "")."""
+    near = registry.nearest(name, choices)
+    return f"did you mean {near!r}? " if near else ""
 
 
 def get(config: Any, key: str) -> Any:
@@ -167,7 +169,7 @@ def _names(c: Any, ctx: CheckContext) -> None:
 @config_check("ranges")
 def _ranges(c: Any, ctx: CheckContext) -> None:
     for key, lo in (
-        ("num_cycles", 1), ("seed", 0), ("log_every", 1), ("rl.steps_per_cycle", 1),
+        ("num_cycles", 1), ("seed", 0), ("rl.steps_per_cycle", 1),
         ("rl.batch_size", 1), ("rl.group_size", 1), ("rl.micro_batches", 1),
         ("rl.microbatch_tokens", 0),
         ("rl.warmup_steps", 0), ("gepa.k", 1), ("gepa.budget", 0), ("gepa.anchor_size", 1),
@@ -225,11 +227,6 @@ def _shapes(c: Any, ctx: CheckContext) -> None:
                           c.task.switch_every, "set the RL steps per task (>= 1)")  # fmt: skip
 
 
-def task_names(config: Any) -> list[str]:
-    stream = [s.strip() for s in str(config.task.stream).split(",") if s.strip()]
-    return stream or [config.task.name]
-
-
 @config_check("tasks")
 def _tasks(c: Any, ctx: CheckContext) -> None:
     from fst_jax.tasks import base, list_tasks
@@ -244,7 +241,7 @@ def _tasks(c: Any, ctx: CheckContext) -> None:
         if name not in known:
             raise ConfigError("unknown task", key, name,
                               f"{nearest(name, known)}available: {', '.join(known)}")  # fmt: skip
-        params = inspect.signature(base._REGISTRY[name].__init__).parameters
+        params = inspect.signature(base._REGISTRY.get(name).__init__).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
         names = [p for p in params if p != "self"]
         for kw in kwargs:
@@ -279,23 +276,18 @@ def _tasks(c: Any, ctx: CheckContext) -> None:
 def _model(c: Any, ctx: CheckContext) -> None:
     spec = str(c.model.spec)
     fix = ("pass an HF checkpoint dir (config.json + *.safetensors), a .gguf file, "
-           "'smollm2-135m-instruct' or 'random:<named config>'")  # fmt: skip
+           "a Hub id (owner/name[@revision]), 'smollm2-135m-instruct' or "
+           "'random:<named config>'")  # fmt: skip
     if spec.startswith("random:"):
-        from fst_jax.models import named_configs
+        from fst_jax.models.random_init import parse_random_spec
 
-        name, *fields = (p.strip() for p in spec.split(":", 1)[1].split(","))
-        if name not in named_configs():
-            raise ConfigError("unknown model config", "model.spec", spec,
-                              f"{nearest(name, list(named_configs()))}named configs: "
-                              f"{', '.join(named_configs())}")  # fmt: skip
-        from fst_jax.run_setup import _random_spec_fields
-
-        _random_spec_fields(name, fields)
+        parse_random_spec(spec)
         return
+    from fst_jax.models.hub import is_hub_id
     from fst_jax.models.loading import is_embedded
 
-    if is_embedded(spec):
-        return
+    if is_embedded(spec) or is_hub_id(spec):
+        return  # resolved (and its errors reported) when the model loads
     p = Path(os.path.expanduser(spec))
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -310,6 +302,15 @@ def _model(c: Any, ctx: CheckContext) -> None:
         return
     raise ConfigError("model not found: no such directory, file or embedded name", "model.spec",
                       spec, fix)  # fmt: skip
+
+
+@config_check("metrics")
+def _metrics(c: Any, ctx: CheckContext) -> None:
+    project = c.metrics.wandb if "metrics" in c else ""
+    if project:
+        from fst_jax.wandb_writer import require_wandb
+
+        require_wandb(str(project))
 
 
 @config_check("reflection_lm")

@@ -43,8 +43,6 @@ import hashlib
 import json
 import logging
 import time
-import types
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +50,47 @@ import jax
 import numpy as np
 
 from fst_jax import checkpoint as ckpt_lib
-from fst_jax import distributed, evaluation, metrics, paths, rl, sampling, settings, sharding
+from fst_jax import (
+    distributed,
+    evaluation,
+    metrics,
+    paths,
+    rl,
+    run_summary,
+    settings,
+    sharding,
+)
 from fst_jax import gepa as gepa_lib
+from fst_jax.errors import ConfigError
 from fst_jax.gepa import lineage
-from fst_jax.gepa.round import budget_warning
-from fst_jax.rows import RowShardedSampler, RowShardedTask
+from fst_jax.gepa_eval import SamplerEvaluator
+from fst_jax.rl.distill import teacher_view
+from fst_jax.rows import RowShardedTask
 from fst_jax.run_setup import (
-    ConfigError,
-    ProgressSampler,
     load_model,
     make_reflection_lm,
+    make_sampling,
+    make_trainer,
     progress,
     reflector_kwargs,
+    starting_params,
     task_names,
     validate_config,
+    warn_gepa_budget,
 )
+from fst_jax.run_state import RunState
+from fst_jax.run_summary import format_summary
 from fst_jax.sampling.prompt_bank import spread_contexts
+from fst_jax.tasks.stream import DataStream, anchor_set, cycle_plan, stream_cycles, train_split
+
+__all__ = [
+    "Controller",
+    "DataStream",
+    "cycle_plan",
+    "format_summary",
+    "stream_cycles",
+    "validate_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,63 +105,6 @@ def _fold(key: jax.Array, *ints: int) -> jax.Array:
 
 def _text_hash(obj: Any) -> int:
     return int(hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8], 16)
-
-
-class DataStream:
-    """Deterministic epoch-shuffled stream over a task's train split; position is one int."""
-
-    def __init__(self, examples: Sequence[Any], seed: int, position: int = 0) -> None:
-        if not examples:
-            raise ConfigError("the task's train split is empty")
-        self.examples, self.seed, self.position = list(examples), seed, position
-
-    def _at(self, p: int) -> Any:
-        n = len(self.examples)
-        perm = np.random.default_rng([self.seed, p // n]).permutation(n)
-        return self.examples[perm[p % n]]
-
-    def upcoming(self, n: int) -> list[Any]:
-        """Exactly the next n problems `take(n)` will return (duplicates kept), not consumed."""
-        return [self._at(self.position + i) for i in range(n)]
-
-    def peek(self, n: int) -> list[Any]:
-        """The next n problems without consuming them (the GEPA anchor lookahead); unique ids."""
-        out, seen, p = [], set(), self.position
-        while len(out) < min(n, len(self.examples)):
-            ex = self._at(p)
-            if ex.id not in seen:
-                seen.add(ex.id)
-                out.append(ex)
-            p += 1
-        return out
-
-    def take(self, n: int) -> list[Any]:
-        out = [self._at(self.position + i) for i in range(n)]
-        self.position += n
-        return out
-
-
-def cycle_plan(config: Any, cycle: int) -> tuple[str, int]:
-    """(task, RL steps) of `cycle`. A plain run: (its task, T). A stream: each task gets exactly
-    ``task.switch_every`` RL steps, in cycles of T that never straddle a switch (a stage's last
-    cycle is shorter when T does not divide switch_every), so every GEPA round works on the task
-    RL trains on next and a switch starts with a fresh round."""
-    names, t = task_names(config), config.rl.steps_per_cycle
-    if len(names) == 1:
-        return names[0], t
-    per_stage = -(-config.task.switch_every // t)
-    stage, k = divmod(cycle, per_stage)
-    if stage >= len(names):
-        raise ConfigError(
-            f"cycle {cycle} is past the stream's {len(names)} × {per_stage} cycles; set "
-            f"num_cycles={len(names) * per_stage}"
-        )
-    return names[stage], min(t, config.task.switch_every - k * t)
-
-
-def stream_cycles(config: Any) -> int:
-    """Cycles a task stream takes: len(stream) × ceil(switch_every / T)."""
-    return len(task_names(config)) * -(-config.task.switch_every // config.rl.steps_per_cycle)
 
 
 class Controller:
@@ -173,46 +139,19 @@ class Controller:
         self.model_config, params, self.tokenizer = model or load_model(c)
         self.key = jax.random.key(c.seed)
         self.T, self.G, self.K = c.rl.steps_per_cycle, c.rl.group_size, c.gepa.k
-        # Loss, advantage and GEPA settings are built field by field from the config
-        # (`fst_jax.settings`), so every field is a --config.x.y knob.
-        rl_cfg = settings.rl_config(c)
-        self.advantage_kwargs = (
-            {} if c.mode == "fst_distill" else settings.advantage_kwargs(c.rl, c.rl.advantage)
+        # Loss, advantage and GEPA settings come from the config (`fst_jax.settings`).
+        self.train_step, self.measure_kl, self.ref_logps, self.advantage_kwargs = make_trainer(
+            c, self.model_config, self.mesh
         )
-        self.train_step = rl.make_train_step(self.model_config, self.mesh, rl_cfg)
-        self.measure_kl = rl.make_measure_kl(self.model_config, self.mesh)
-        self.ref_logps = (
-            rl.make_logps_fn(self.model_config, self.mesh, temperature=rl_cfg.temperature)
-            if c.rl.kl_coef
-            else None
+        # π_base = the original base model: val/kl_to_base, quadrants, local reflection (frozen);
+        # start = the weights the run starts from (the in-loss KL penalty's reference, mode gepa's
+        # frozen policy); init = another run's weights for the plasticity probe (or None).
+        self.base_params = params
+        self.start_params, self.init_params = starting_params(c, params)
+        self.state = self.train_step.init(self.start_params)
+        self.sampler, self.sampling, self.bank = make_sampling(
+            c, self.model_config, self.tokenizer, self.rows
         )
-        if jax.process_count() > 1:  # multi-host (issue 8): host batches → global arrays
-            self._globalize_inputs()
-        # π_base = the original base model: val/kl_to_base, quadrants, local reflection (frozen).
-        self.base_params, self.init_params = params, None
-        if c.init_from:  # plasticity probe: this run starts from another run's weights
-            abstract = ckpt_lib.abstract_like(params)
-            step = None if c.init_from_step < 0 else c.init_from_step
-            params, _ = ckpt_lib.restore_params(
-                c.init_from, abstract, step, keys=("train", "params")
-            )
-            self.init_params = params  # val/kl_to_init; the in-loss KL penalty's reference
-        # The weights the run starts from: the in-loss KL penalty ("KL to the starting weights")
-        # and mode gepa's frozen policy.
-        self.start_params = params
-        self.state = self.train_step.init(params)
-        self.sampler = ProgressSampler(
-            RowShardedSampler(sampling.Sampler(self.model_config, self.tokenizer), self.rows),
-            enabled=c.progress,
-        )
-        self.sampling = sampling.SamplingParams(
-            temperature=c.sampling.temperature, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
-            max_new_tokens=c.sampling.max_new_tokens,
-        )  # fmt: skip
-        self.bank = sampling.build_bank(
-            self.tokenizer, [], max_prompts=c.gepa.max_pool,
-            max_len=c.sampling.max_context_len, mode=c.sampling.context_in,
-        )  # fmt: skip
         # The local reflection LM samples the frozen base policy; its keys read self.key at call
         # time (a resumed run's restored key), tagged like every other draw of this loop.
         self.reflector = gepa_lib.Reflector(
@@ -226,48 +165,28 @@ class Controller:
         )  # fmt: skip
         self.gepa_config = settings.gepa_config(c.gepa)
         if c.mode in ("gepa", "fst", "fst_distill") and self.is_main:
-            rescore = c.gepa.k * c.gepa.anchor_size if c.gepa.rescore == "shared" else 0
-            warning = budget_warning(c.gepa.budget, c.gepa.anchor_size, c.gepa.minibatch, rescore)
-            if warning:
-                log.warning(warning)
-        # Host-side run state (all of it goes into the checkpoint's JSON item).
-        self.step, self.cycle = 0, 0
-        self.positions = {n: 0 for n in self.tasks}
-        self.population = gepa_lib.PopulationState.new(
-            [self._seed_prompt(task_names(c)[0])], seed=c.seed, minibatch_size=c.gepa.minibatch
-        )
-        self.exported: list[str] = [self._seed_prompt(task_names(c)[0])]
-        self.running_max = evaluation.RunningMax()
-        self.task_running_max = {n: evaluation.RunningMax() for n in self.tasks}
-        self.last_eval: dict[str, Any] = {}
-        self.first_eval: dict[str, Any] = {}
+            warn_gepa_budget(c.gepa)
+        # Host-side run state: one object that serialises itself into the checkpoint.
+        self.rs = RunState.new(self.tasks, self._seed_prompt(task_names(c)[0]), seed=c.seed,
+                               minibatch_size=c.gepa.minibatch)  # fmt: skip
         self.checkpointer = ckpt_lib.Checkpointer(
             self.workdir, ckpt_lib.flatten_config(c.to_dict()), max_to_keep=c.checkpoint.keep,
             allow_foreign=c.resume == "force",
         )  # fmt: skip
         resume_step = self._maybe_restore()
-        self.writer = metrics.MetricsWriter(self.workdir, resume_step=resume_step)
+        self.writer = metrics.MetricsWriter(
+            self.workdir, resume_step=resume_step, run_config=ckpt_lib.flatten_config(c.to_dict()),
+            wandb_project=c.metrics.wandb if "metrics" in c else "",
+        )  # fmt: skip
         self.gepa_log = lineage.GepaLog(self.workdir, enabled=self.is_main)
 
+    def __getattr__(self, name: str) -> Any:
+        """Read access to the run state's fields (``ctl.step``, ``ctl.population``, ...)."""
+        if name in RunState.__dataclass_fields__ and "rs" in self.__dict__:
+            return getattr(self.rs, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # ------------------------------------------------------------------ setup helpers
-
-    def _globalize_inputs(self) -> None:
-        """Every host builds the same numpy batch; the trainer's jitted functions (explicit
-        in_shardings) need global arrays on a multi-process mesh, so convert at the boundary."""
-        bs = sharding.batch_sharding(self.mesh)
-        self.train_step.jitted = distributed.with_global_inputs(self.train_step.jitted, bs)
-        if self.ref_logps is not None:
-            self.ref_logps = distributed.with_global_inputs(self.ref_logps, bs, gather_outputs=True)
-        measure = self.measure_kl
-
-        def measure_kl(params: Any, base_params: Any, batch: Any) -> Any:
-            g = distributed.host_to_global(
-                (batch.tokens, batch.positions, batch.completion_mask), bs
-            )
-            return measure(params, base_params, types.SimpleNamespace(
-                tokens=g[0], positions=g[1], completion_mask=g[2]))  # fmt: skip
-
-        self.measure_kl = measure_kl
 
     def _seed_prompt(self, task_name: str) -> str:
         c = self.config.task
@@ -301,52 +220,39 @@ class Controller:
         # Through the host: the restored key is committed to one local device, which a jit over
         # a multi-process mesh rejects; a fresh (uncommitted) key matches the unresumed run.
         self.key = ckpt_lib.key_from_data(np.asarray(jax.device_get(restored["rng"])))
-        h = meta["host"]
-        self.step, self.cycle, self.positions = h["step"], h["cycle"], dict(h["positions"])
-        self.population = gepa_lib.PopulationState.from_json(h["population"])
-        self.exported = list(h["exported"])
-        self.running_max = evaluation.RunningMax(h["running_max"])
-        for n, v in h.get("task_running_max", {}).items():
-            self.task_running_max[n] = evaluation.RunningMax(v)
-        self.last_eval, self.first_eval = h["last_eval"], h["first_eval"]
+        self.rs, offset = RunState.from_json(meta["host"], self.tasks)
         if self.is_main:  # drop records written after this checkpoint (they will be redone)
-            metrics.truncate_jsonl(path, h["metrics_offset"])
-            lineage.truncate(self.workdir, h.get("gepa_log_offset"))
+            metrics.truncate_jsonl(path, offset)
+            lineage.truncate(self.workdir, meta["host"].get("gepa_log_offset"))
         log.info(
             "resumed from %s at step %d (cycle %d)",
             self.checkpointer.directory,
-            self.step,
-            self.cycle,
+            self.rs.step,
+            self.rs.cycle,
         )
-        return self.step
+        return self.rs.step
 
     def _save(self) -> None:
-        host = dict(
-            step=self.step, cycle=self.cycle, positions=self.positions,
-            population=self.population.to_json(), exported=self.exported,
-            running_max=self.running_max.value, last_eval=self.last_eval,
-            task_running_max={n: r.value for n, r in self.task_running_max.items()},
-            first_eval=self.first_eval, metrics_offset=self.writer.offset(),
-            gepa_log_offset=self.gepa_log.offset(),
-        )  # fmt: skip
+        host = self.rs.to_json(self.writer.offset())
+        host["gepa_log_offset"] = self.gepa_log.offset()  # gepa_log.jsonl is cut back to it on resume
         state = {"train": self.state, "rng": ckpt_lib.key_to_data(self.key)}
-        self.checkpointer.save(self.step, state, {"host": host})
+        self.checkpointer.save(self.rs.step, state, {"host": self.rs.to_json(self.writer.offset())})
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict[str, Any]:
         """Runs the remaining cycles; returns the final summary dict."""
         c, t0 = self.config, time.time()
-        if self.cycle == 0 and self.step == 0:
+        if self.rs.cycle == 0 and self.rs.step == 0:
             self.writer.write(0, {"run/mode": c.mode, "run/task": ",".join(task_names(c)),
                                   "run/model": str(c.model.spec), "run/config": json.dumps(c.to_dict(), sort_keys=True)})  # fmt: skip
             if c.eval.at_start:
-                self.first_eval = self._evaluate(final=False)
+                self.rs.first_eval = self._evaluate(final=False)
         bar = progress(
-            total=c.num_cycles, initial=self.cycle, desc="FST cycles", enabled=c.progress
+            total=c.num_cycles, initial=self.rs.cycle, desc="FST cycles", enabled=c.progress
         )
-        while self.cycle < c.num_cycles:
-            task_name, n_steps = cycle_plan(c, self.cycle)
+        while self.rs.cycle < c.num_cycles:
+            task_name, n_steps = cycle_plan(c, self.rs.cycle)
             task, stream = self.tasks[task_name], self._stream(task_name)
             # 1) fast weights: a GEPA round on the frozen policy, then top-K into the bank.
             if c.mode in ("gepa", "fst", "fst_distill"):
@@ -356,142 +262,94 @@ class Controller:
             for _ in range(n_steps):
                 if c.mode == "gepa":  # frozen weights: consume the same data, keep the x-axis
                     stream.take(c.rl.batch_size)
-                    self.step += 1
+                    self.rs.step += 1
                     continue
                 self._rl_step(task, stream)
-            self.positions[task_name] = stream.position
-            self.cycle += 1
-            last = self.cycle == c.num_cycles
-            if last or self.cycle % c.eval.every_cycles == 0:
-                self.last_eval = self._evaluate(final=last)
-            if last or self.cycle % c.checkpoint.every_cycles == 0:
+            self.rs.positions[task_name] = stream.position
+            self.rs.cycle += 1
+            last = self.rs.cycle == c.num_cycles
+            if last or self.rs.cycle % c.eval.every_cycles == 0:
+                self.rs.last_eval = self._evaluate(final=last)
+            if last or self.rs.cycle % c.checkpoint.every_cycles == 0:
                 self._save()
             bar.update(1)
             bar.set_postfix_str(
-                f"step {self.step} val {self.last_eval.get(f'val/mean@{c.eval.k}', 'n/a')}"
+                f"step {self.rs.step} val {self.rs.last_eval.get(f'val/mean@{c.eval.k}', 'n/a')}"
             )
         bar.close()
         self.sampler.close()
         for task in self.tasks.values():
             task.close()
-        summary = self.summary(wall_s=time.time() - t0)
+        summary = run_summary.summarize(
+            self.rs, workdir=self.workdir, mode=c.mode, k=c.eval.k, wall_s=time.time() - t0,
+            checkpoints=self.checkpointer.all_steps(),
+        )  # fmt: skip
         self.writer.close()
         self.gepa_log.close()
+        if self.is_main and c.summary:
+            summary["png"] = run_summary.plot(self.workdir, c.eval.k)
         return summary
 
-    def _train_split(self, task_name: str) -> tuple[list[Any], list[Any]]:
-        """(RL problems, held-out GEPA anchor pool): the pool is empty for gepa.anchors=lookahead;
-        for `disjoint` it is a seeded slice of gepa.disjoint_size train problems the RL stream
-        never sees (the answer-leak control)."""
-        train = list(self.tasks[task_name].examples("train"))
+    def _split(self, task_name: str) -> tuple[list[Any], list[Any]]:
         g = self.config.gepa
-        if g.anchors != "disjoint":
-            return train, []
-        n = g.disjoint_size or g.anchor_size
-        if n >= len(train):
-            raise ConfigError(
-                f"gepa.disjoint_size={n} (0 = gepa.anchor_size) holds out all {len(train)} train "
-                f"problems of {task_name!r}; lower it (or gepa.anchor_size) below the train size"
-            )
-        held = set(np.random.default_rng([self.config.seed, 12]).permutation(len(train))[:n])
-        return [e for i, e in enumerate(train) if i not in held], [
-            e for i, e in enumerate(train) if i in held
-        ]
+        return train_split(self.tasks[task_name].examples("train"), task_name, anchors=g.anchors,
+                           held_out=g.disjoint_size or g.anchor_size, seed=self.config.seed)  # fmt: skip
 
     def _stream(self, task_name: str) -> DataStream:
-        return DataStream(
-            self._train_split(task_name)[0], self.config.seed, self.positions[task_name]
-        )
-
-    def _anchors(self, task_name: str, stream: DataStream) -> list[Any]:
-        g = self.config.gepa
-        if g.anchors != "disjoint":  # the paper's lookahead: the next anchor_size RL problems
-            return stream.peek(g.anchor_size)
-        pool = self._train_split(task_name)[1]  # rotates through the held-out slice
-        return DataStream(pool, self.config.seed, self.cycle * g.anchor_size).peek(g.anchor_size)
+        return DataStream(self._split(task_name)[0], self.config.seed, self.rs.positions[task_name])
 
     def _gepa_round(self, task_name: str, stream: DataStream, n_steps: int) -> None:
         c = self.config.gepa
         task = self.tasks[task_name]
-        anchors = self._anchors(task_name, stream)
-        by_id = {ex.id: ex for ex in anchors}
-        calls, overlong = [0], [0]
-        carried = len(self.population.exported_ids) or len(self.population.candidates)
-        bar = progress(c.budget + carried * len(anchors), 0, f"GEPA round {self.cycle}",
+        anchors = anchor_set(stream, self._split(task_name)[1], anchors=c.anchors,
+                             size=c.anchor_size, cycle=self.rs.cycle, seed=self.config.seed)  # fmt: skip
+        carried = len(self.rs.population.exported_ids) or len(self.rs.population.candidates)
+        bar = progress(c.budget + carried * len(anchors), 0, f"GEPA round {self.rs.cycle}",
                         self.config.progress, unit="rollout")  # fmt: skip
         self.sampler.phase = "gepa"
-        params = self.start_params if self.config.mode == "gepa" else self.state.params
-
-        def evaluate(cids: list[int], eids: list[str]):
-            """ONE sampler call for all (candidate, example) pairs (zipped)."""
-            texts = sorted({self.population.candidates[cid].text for cid in cids})
-            scores, feedbacks, rollouts = [], [], []
-            # A proposed context longer than the bank's row cannot be sampled: it scores 0 with
-            # feedback saying so (GEPA then rejects it), and the count is logged.
-            too_long = {
-                t for t in texts if len(self.bank.layout.encode_context(t)) > self.bank.max_len
-            }
-            for j, cid in enumerate(cids):
-                if self.population.candidates[cid].text in too_long:
-                    scores.append((j, 0.0))
-                    feedbacks.append((j, f"The context is too long: it must render to at most "
-                                         f"{self.bank.max_len} tokens. Make it shorter."))  # fmt: skip
-                    rollouts.append((j, ""))
-                    overlong[0] += 1
-            texts = [t for t in texts if t not in too_long]
-            for lo in range(0, len(texts), self.bank.max_prompts):  # only if > max_pool texts
-                chunk = texts[lo : lo + self.bank.max_prompts]
-                slot = {t: i for i, t in enumerate(chunk)}
-                pairs = [(j, slot[self.population.candidates[cid].text])
-                         for j, cid in enumerate(cids) if self.population.candidates[cid].text in slot]  # fmt: skip
-                bank = self.bank.with_contexts(chunk)
-                key = _fold(self.key, _TAG_GEPA, self.cycle, calls[0], lo)
-                rows = [by_id[eids[j]] for j, _ in pairs]
-                out = self.sampler.sample(params, bank, np.asarray([s for _, s in pairs], np.int32),
-                                          [ex.question for ex in rows], key, self.sampling,
-                                          arrays=False)  # fmt: skip
-                verdicts = task.verify_batch(rows, out.texts)
-                for (j, _), v, txt in zip(pairs, verdicts, out.texts):
-                    scores.append((j, v.reward))
-                    feedbacks.append((j, v.feedback))
-                    rollouts.append((j, txt))
-            calls[0] += 1
-            bar.update(len(cids))
-            order = lambda xs: [x for _, x in sorted(xs)]  # noqa: E731
-            return order(scores), order(feedbacks), order(rollouts)
-
-        t0, lm_before = time.time(), dict(self.population.counters)
+        cycle = self.rs.cycle
+        evaluate = SamplerEvaluator(
+            population=self.rs.population, bank=self.bank, sampler=self.sampler, task=task,
+            params=self.start_params if self.config.mode == "gepa" else self.state.params,
+            examples={ex.id: ex for ex in anchors}, sampling=self.sampling,
+            key_for=lambda call, lo: _fold(self.key, _TAG_GEPA, cycle, call, lo),
+            on_evaluated=bar.update,
+        )  # fmt: skip
+        t0, lm_before = time.time(), dict(self.rs.population.counters)
         report = gepa_lib.run_round(
-            self.population, evaluate, self.reflector, {ex.id: ex.question for ex in anchors},
-            c.budget, config=self.gepa_config, cycle=self.cycle,
+            self.rs.population, evaluate, self.reflector, {ex.id: ex.question for ex in anchors},
+            c.budget, config=self.gepa_config, cycle=self.rs.cycle,
         )  # fmt: skip
         bar.close()
-        top = gepa_lib.export_top_k(self.population, self.K)
-        self.exported = [e.text for e in top]
+        top = gepa_lib.export_top_k(self.rs.population, self.K)
+        self.rs.exported = [e.text for e in top]
         self.gepa_log.write(lineage.round_rows(
-            report, self.population, top, step=self.step, acceptance=self.gepa_config.acceptance,
-            usage=lineage.usage_delta(lm_before, self.population.counters)))  # fmt: skip
+            report, self.rs.population, top, step=self.rs.step,
+            acceptance=self.gepa_config.acceptance,
+            usage=lineage.usage_delta(lm_before, self.rs.population.counters)))  # fmt: skip
         # How many of the problems RL trains on next have their gold answer in an exported context.
         upcoming = stream.upcoming(n_steps * self.config.rl.batch_size)
         leak, checked = evaluation.answer_leak(
-            self.exported, [ex.gold for ex in upcoming], self.config.gepa.leak_min_chars
+            self.rs.exported, [ex.gold for ex in upcoming], self.config.gepa.leak_min_chars
         )
         # Lockstep check (one 32-byte all-gather): hosts that disagree would train on different
         # contexts; fail here, naming it, rather than diverge silently.
-        distributed.assert_same_across_processes(self.population.to_json(), "the GEPA population")
+        distributed.assert_same_across_processes(
+            self.rs.population.to_json(), "the GEPA population"
+        )
         m = {f"gepa/{k}": v for k, v in report.metrics().items()}
         m.update({
-            "gepa/pool_size": len(self.population.active_ids),
+            "gepa/pool_size": len(self.rs.population.active_ids),
             "gepa/best_anchor_score": top[0].mean_score,
             "gepa/exported_mean_score": float(np.mean([e.mean_score for e in top])),
             "gepa/best_context": top[0].text,
             "time/gepa_round_s": time.time() - t0,
-            "gepa/cycle": self.cycle,
-            "gepa/overlong_rollouts": overlong[0],
+            "gepa/cycle": self.rs.cycle,
+            "gepa/overlong_rollouts": evaluate.overlong,
             "gepa/answer_leak": leak,
             "gepa/answer_leak_checked": checked,
         })  # fmt: skip
-        self.writer.write(self.step, m)
+        self.writer.write(self.rs.step, m)
 
     def _rl_step(self, task: Any, stream: DataStream) -> None:
         c, G = self.config, self.G
@@ -499,13 +357,13 @@ class Controller:
         problems = stream.take(c.rl.batch_size)
         rows = [ex for ex in problems for _ in range(G)]
         group_ids = np.repeat(np.arange(len(problems), dtype=np.int32), G)
-        contexts = self.exported[: self.K] if c.mode != "rl" else [self.exported[0]]
+        contexts = self.rs.exported[: self.K] if c.mode != "rl" else [self.rs.exported[0]]
         ctx_slot = np.tile(spread_contexts(G, len(contexts)), len(problems)).astype(np.int32)
         bank = self.bank.with_contexts(contexts)
         distill = c.mode == "fst_distill"
         idx = np.full_like(ctx_slot, bank.no_context) if distill else ctx_slot
-        key = _fold(self.key, _TAG_RL, self.step)
-        self.sampler.phase = f"rl step {self.step + 1}"
+        key = _fold(self.key, _TAG_RL, self.rs.step)
+        self.sampler.phase = f"rl step {self.rs.step + 1}"
         out = self.sampler.sample(self.state.params, bank, idx, [ex.question for ex in rows], key,
                                   self.sampling, row_ids=np.arange(len(rows), dtype=np.int32))  # fmt: skip
         t_sample = time.time() - t0
@@ -520,7 +378,7 @@ class Controller:
         roll = {"tokens": tokens, "positions": positions, "completion_mask": mask,
                 "logps": out.raw_logps}  # fmt: skip
         if distill:
-            roll["teacher"] = self._teacher_view(bank, ctx_slot, rows, out)
+            roll["teacher"] = teacher_view(bank, ctx_slot, rows, out)
         if self.ref_logps is not None:
             roll["ref_logps"] = np.asarray(
                 self.ref_logps(self.start_params, tokens, positions, mask)
@@ -534,14 +392,16 @@ class Controller:
         tm = {k: float(np.mean([u[k] for u in per_update])) for k in per_update[0]}
         tm.update({k: per_update[-1][k] for k in ("skipped_total", "learning_rate")})
         tm["updates"] = len(per_update)
-        self.step += 1
+        self.rs.step += 1
         lengths = np.asarray(out.completion_lengths)
         m = {f"train/{k}": v for k, v in tm.items()}
         m.update({
             "rollout/reward_mean": float(rewards.mean()),
             "rollout/reward_std": float(rewards.std()),
-            "rollout/response_length_mean": float(lengths.mean()),
-            "rollout/clip_ratio": float(1.0 - np.asarray(out.finished).mean()),
+            # verl's names: the share of responses cut at max_new_tokens is clip_ratio
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "response_length/clip_ratio": float(1.0 - np.asarray(out.finished).mean()),
             "rollout/num_contexts": len(contexts),
             "rollout/dropped_groups": stats["dropped_groups"],
             "rollout/num_groups": stats["num_groups"],
@@ -553,28 +413,7 @@ class Controller:
             sel = ctx_slot == j
             m[f"rollout/reward_context_{j}"] = float(rewards[sel].mean())
             m[f"rollout/rollouts_context_{j}"] = int(sel.sum())
-        self.writer.write(self.step, m)
-
-    def _teacher_view(self, bank: Any, ctx_slot: np.ndarray, rows: Sequence[Any], out: Any):
-        """The student's completions placed after the prompt WITH context φ (host-side compose)."""
-        layout, comp = bank.layout, np.asarray(out.completion_tokens)
-        lengths = np.asarray(out.completion_lengths)
-        seqs = []
-        for b, ex in enumerate(rows):
-            prompt = (list(layout.encode_context(bank.texts[ctx_slot[b]])) + list(layout.encode_task(ex.question))
-                      + list(layout.suffix_ids))  # fmt: skip
-            seqs.append((prompt, comp[b, : lengths[b]].tolist()))
-        s = max(len(p) + len(cmp) for p, cmp in seqs)
-        s = -(-s // 64) * 64  # bucket the teacher length so steps share one compilation
-        tok = np.zeros((len(seqs), s), np.int32)
-        pos = np.full((len(seqs), s), -1, np.int32)
-        msk = np.zeros((len(seqs), s), np.float32)
-        for b, (p, cmp) in enumerate(seqs):
-            n = len(p) + len(cmp)
-            tok[b, :n] = p + cmp
-            pos[b, :n] = np.arange(n)
-            msk[b, len(p) : n] = 1.0
-        return tok, pos, msk
+        self.writer.write(self.rs.step, m)
 
     def _evaluate(self, final: bool) -> dict[str, Any]:
         """Validation of every task of the run (one for a plain run; the whole stream for a
@@ -588,14 +427,14 @@ class Controller:
             task = self.tasks[name]
             per_task[name] = evaluation.validate(
                 sampler=self.sampler, params=params, base_params=self.base_params,
-                bank=self.bank, best_context=self.exported[0],
+                bank=self.bank, best_context=self.rs.exported[0],
                 seed_context=self._seed_prompt(name),
                 examples=task.examples("validation")[: c.eval.num_examples], task=task,
                 k=c.eval.k, kl_examples=c.eval.kl_examples,
-                key=_fold(self.key, _TAG_EVAL, self.step, *([i] if len(names) > 1 else [])),
+                key=_fold(self.key, _TAG_EVAL, self.rs.step, *([i] if len(names) > 1 else [])),
                 sampling=self.sampling,
                 measure_kl=self.measure_kl,
-                running_max=self.task_running_max[name] if len(names) > 1 else self.running_max,
+                running_max=self.rs.task_running_max[name] if len(names) > 1 else self.rs.running_max,
                 quadrants=final and c.eval.quadrants, row_multiple=self.row_multiple,
                 init_params=self.init_params,
             )  # fmt: skip
@@ -610,57 +449,7 @@ class Controller:
                 f"val/mean@{k}", f"val/mean@{k}_no_context", evaluation.KL_KEY,
                 evaluation.KL_INIT_KEY, "val/kl_k1", "val/kl_k3",
             ]))  # fmt: skip
-            m[f"val/mean@{k}_running_max"] = self.running_max.update(m[f"val/mean@{k}"])
-            m["val/task"] = cycle_plan(c, max(self.cycle - 1, 0))[0]  # the task being trained
-        self.writer.write(self.step, m)
+            m[f"val/mean@{k}_running_max"] = self.rs.running_max.update(m[f"val/mean@{k}"])
+            m["val/task"] = cycle_plan(c, max(self.rs.cycle - 1, 0))[0]  # the task being trained
+        self.writer.write(self.rs.step, m)
         return m
-
-    # ------------------------------------------------------------------ end of run
-
-    def summary(self, wall_s: float) -> dict[str, Any]:
-        k = self.config.eval.k
-        key = f"val/mean@{k}"
-        s = {
-            "workdir": str(self.workdir), "mode": self.config.mode, "steps": self.step,
-            "cycles": self.cycle, "wall_s": round(wall_s, 1),
-            "val_start": self.first_eval.get(key), "val_end": self.last_eval.get(key),
-            "val_running_max": self.running_max.value,
-            "val_no_context_start": self.first_eval.get(f"{key}_no_context"),
-            "val_no_context_end": self.last_eval.get(f"{key}_no_context"),
-            "kl_to_base_end": self.last_eval.get(evaluation.KL_KEY),
-            "population": len(self.population.candidates), "best_context": self.exported[0],
-            "checkpoints": self.checkpointer.all_steps(),
-            "quadrants": {q: v for q, v in self.last_eval.items() if q.startswith("val/quadrant/")},
-        }  # fmt: skip
-        if self.is_main and self.config.summary:
-            from fst_jax.analysis import load_runs, plot_kl_vs_reward
-
-            png = self.workdir / "kl_vs_reward.png"
-            self.writer.close()
-            plot_kl_vs_reward(load_runs([self.workdir]), png, k=k)
-            s["png"] = str(png)
-        return s
-
-
-def format_summary(s: dict[str, Any]) -> str:
-    """The one-screen end-of-run summary."""
-    f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
-    lines = [
-        "=" * 72,
-        f"fst-train summary  mode={s['mode']}  steps={s['steps']}  cycles={s['cycles']}  wall={s['wall_s']}s",
-        f"  val mean@k      start {f(s['val_start'])}  ->  end {f(s['val_end'])}   running max {f(s['val_running_max'])}",
-        f"  no context      start {f(s['val_no_context_start'])}  ->  end {f(s['val_no_context_end'])}",
-        f"  KL(pi || base)  end {f(s['kl_to_base_end'])}",
-    ]
-    for q, v in s["quadrants"].items():
-        lines.append(f"  {q.removeprefix('val/quadrant/'):<22} {f(v)}")
-    best = s["best_context"].replace("\n", " ")
-    lines += [
-        f"  population      {s['population']} candidates; best context: {best[:200]!r}",
-        f"  checkpoints     {s['checkpoints']} in {s['workdir']}/checkpoints",
-        f"  metrics         {s['workdir']}/metrics.jsonl  (TensorBoard: {s['workdir']}/tensorboard)",
-    ]
-    if "png" in s:
-        lines.append(f"  KL vs reward    {s['png']}")
-    lines.append("=" * 72)
-    return "\n".join(lines)

@@ -29,7 +29,37 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = _REPO / "experiments" / "configs" / "default.py"
+_CONFIGS_IN_REPO = Path("experiments") / "configs"
+
+
+def config_dir() -> Path:
+    """The shipped configs: experiments/configs/ of a clone (editable install), else the
+    `fst_jax.configs` package that a plain ``pip install .`` installs from that same folder."""
+    if (_REPO / _CONFIGS_IN_REPO / "default.py").is_file():
+        return _REPO / _CONFIGS_IN_REPO
+    import importlib.util
+
+    spec = importlib.util.find_spec("fst_jax.configs")
+    if spec is None or not spec.submodule_search_locations:
+        return _REPO / _CONFIGS_IN_REPO  # missing: main() says so and asks for --config=<file>
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_config_arg(value: str) -> str:
+    """``--config`` value → a file path. An existing path is kept; otherwise a shipped config is
+    found by name (``paper_codeio``, ``paper_codeio.py``) or by its repo path
+    (``experiments/configs/paper_codeio.py``), so the README's commands work from any directory
+    and from a non-editable install. A ``:arg`` suffix is kept."""
+    path, sep, arg = value.partition(":")
+    if not path or Path(path).expanduser().exists():
+        return value
+    name = Path(path).name
+    shipped = config_dir() / (name if name.endswith(".py") else name + ".py")
+    in_repo_form = Path(path).parent in (Path("."), _CONFIGS_IN_REPO)
+    return f"{shipped}{sep}{arg}" if in_repo_form and shipped.is_file() else value
+
+
+DEFAULT_CONFIG = config_dir() / "default.py"
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", "runs/fst-default", "Run directory: metrics, checkpoints, TensorBoard, plots."
@@ -82,7 +112,8 @@ try:  # parses --config.x=y overrides now, at import: a bad key fails here
     _CONFIG = config_flags.DEFINE_config_file(
         "config",
         default=str(DEFAULT_CONFIG),
-        help_string="ml_collections config file (experiments/configs/<name>.py[:arg]).",
+        help_string="ml_collections config file, or a shipped config's name "
+        "(experiments/configs/<name>.py[:arg] or <name>[:arg]).",
         lock_config=True,
     )
 except (AttributeError, KeyError, TypeError, ValueError) as _e:
@@ -91,6 +122,10 @@ except (AttributeError, KeyError, TypeError, ValueError) as _e:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with a one-line error instead of a traceback for a bad flag."""
+    argv = [
+        f"--config={resolve_config_arg(a.split('=', 1)[1])}" if a.startswith("--config=") else a
+        for a in argv
+    ]
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -102,10 +137,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _init_distributed() -> None:
-    try:
-        from fst_jax import distributed
-    except ImportError:  # single-host install without the scale-out module
-        return
+    from fst_jax import distributed
+
     info = distributed.maybe_initialize(_COORD.value, _NPROC.value, _PID.value)
     if info.initialized:
         logging.info("jax.distributed: process %d of %d", info.process_id, info.num_processes)

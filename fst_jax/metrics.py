@@ -32,14 +32,8 @@ METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"
 
 # Names other modules log under; kept here so dashboards and notebooks agree on spelling.
-TRAIN_LOSS = "train/loss"
-TRAIN_ENTROPY = "train/entropy"
-TRAIN_GRAD_NORM = "train/grad_norm"
-TRAIN_KL = "train/kl"
-REWARD_MEAN = "rollout/reward_mean"
 VAL_MEAN = "val/mean@{k}"
 VAL_MEAN_RUNNING_MAX = "val/mean@{k}_running_max"
-VAL_MEAN_NO_CONTEXT = "val/mean@{k}_no_context"
 VAL_KL_TO_BASE = "val/kl_to_base"
 # Fields that differ between two otherwise identical runs (excluded by `comparable_records`).
 WALL_CLOCK_KEYS = ("time",)
@@ -76,6 +70,8 @@ class MetricsWriter:
       tensorboard: also write TensorBoard event files under ``<workdir>/tensorboard``.
       resume_step: when resuming, TensorBoard events with a step above this are purged so curves
         do not double back (the JSONL is cut separately with :func:`truncate_jsonl`).
+      wandb_project: also mirror scalars to this Weights & Biases project ("" = off; see
+        `fst_jax.wandb_writer`); `run_config` is the run's flat config shown there.
     """
 
     def __init__(
@@ -85,6 +81,8 @@ class MetricsWriter:
         enabled: bool | None = None,
         tensorboard: bool = True,
         resume_step: int | None = None,
+        wandb_project: str = "",
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         if enabled is None:
             import jax
@@ -96,6 +94,7 @@ class MetricsWriter:
         self._file = None
         self._tb = None
         self._stage = self._tb_stage = None
+        self._wandb = None
         if not enabled:
             return
         root.mkdir(parents=True, exist_ok=True)
@@ -107,6 +106,10 @@ class MetricsWriter:
             purge = None if resume_step is None else resume_step + 1
             self._tb_stage = paths.StagedDir(root / TB_DIR)
             self._tb = SummaryWriter(self._tb_stage.local, purge_step=purge)
+        if wandb_project:
+            from fst_jax.wandb_writer import WandbWriter
+
+            self._wandb = WandbWriter(wandb_project, root, run_config)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Writes one record; returns it (with builtins) so callers can also print it."""
@@ -130,6 +133,8 @@ class MetricsWriter:
                     self._tb.add_scalar(key, float(value), int(step))
             self._tb.flush()
             self._tb_stage.sync()
+        if self._wandb is not None:
+            self._wandb.log(step, record)
         return record
 
     def offset(self) -> int:
@@ -150,6 +155,9 @@ class MetricsWriter:
             self._tb = None
             self._tb_stage.sync()
             self._tb_stage.cleanup()
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
 
     def __enter__(self) -> MetricsWriter:
         return self

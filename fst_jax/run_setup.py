@@ -3,21 +3,19 @@
 `fst_jax.controller` is the FST loop; this module keeps the parts around it that only turn a
 config into objects, so the loop reads top to bottom: the config checks that fail before any
 device work (`validate_config`, `ConfigError`, `MODES`), the policy model (`load_model`, including
-the tests' ``random:<named config>[,field=value...]`` specs), the `local` reflection LM on the
-run's own sampler (`make_reflection_lm`), and the progress bars (`progress`, `ProgressSampler`). The checks themselves live in
-`fst_jax.config_checks` (re-exported here).
+``random:<named config>[,field=value...]`` specs from `fst_jax.models.random_init`), the `local`
+reflection LM on the run's own sampler (`make_reflection_lm`, built by `fst_jax.chat`), and the
+progress bars (`progress`, `ProgressSampler`). The checks live in `fst_jax.config_checks`.
 Nothing here holds run state; the controller owns the RNG keys and passes them in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 
 from fst_jax import gepa as gepa_lib
 from fst_jax import sampling
@@ -26,39 +24,6 @@ from fst_jax.config_checks import MODES, config_check, task_names, validate_conf
 from fst_jax.errors import ConfigError
 
 __all__ = ["MODES", "ConfigError", "config_check", "task_names", "validate_config"]
-
-FENCE = "```\n"  # opening fence prefilled into the local reflection LM's reply
-
-
-def _nearest(name: str, choices: Sequence[str]) -> str:
-    near = difflib.get_close_matches(name, list(choices), n=1)
-    return f" Did you mean {near[0]!r}?" if near else ""
-
-
-def _random_spec_fields(name: str, fields: list[str]) -> dict[str, Any]:
-    """``field=value`` items of a ``random:`` spec → ModelConfig overrides (typed like the field)."""
-    from fst_jax.models import ModelConfig
-
-    types_ = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)
-              if f.name != "name" and str(f.type) in ("int", "float", "bool", "str")}  # fmt: skip
-    out: dict[str, Any] = {}
-    for item in fields:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or key not in types_:
-            raise ConfigError(
-                f"model spec 'random:{name},...': {item!r} is not field=value of a ModelConfig "
-                f"field.{_nearest(key, list(types_))} e.g. random:{name},max_position_embeddings=4096"
-            )
-        t, raw = types_[key], raw.strip()
-        bools = {"true": True, "1": True, "false": False, "0": False}
-        try:
-            out[key] = {"int": int, "float": float, "str": str, "bool": bools.__getitem__}[t](
-                raw.lower() if t == "bool" else raw
-            )
-        except (ValueError, KeyError):
-            raise ConfigError(f"model spec field {key}={raw!r} is not a valid {t}") from None
-    return out
 
 
 def load_model(config: Any) -> tuple[Any, Any, Any]:
@@ -71,17 +36,9 @@ def load_model(config: Any) -> tuple[Any, Any, Any]:
         remat=config.model.remat, scan_layers=config.model.scan_layers,
     )  # fmt: skip
     if spec.startswith("random:"):
-        from fst_jax.models import get_config, init_params, named_configs
-        from fst_jax.models.testing import tiny_tokenizer
+        from fst_jax.models.random_init import random_model
 
-        name, *fields = (p.strip() for p in spec.split(":", 1)[1].split(","))
-        if name not in named_configs():
-            raise ConfigError(
-                f"unknown model config {name!r}.{_nearest(name, list(named_configs()))}"
-            )
-        mcfg = get_config(name, **{**overrides, **_random_spec_fields(name, fields)})
-        params = init_params(mcfg, jax.random.key(config.seed))
-        return mcfg, params, tiny_tokenizer()
+        return random_model(spec, config.seed, **overrides)
     from fst_jax.models import CheckpointError, load
 
     dtype = overrides.pop("dtype")
@@ -141,43 +98,100 @@ def make_reflection_lm(
         if c.reflection_base_url:
             kw["base_url"] = c.reflection_base_url
         return gepa_lib.get_reflection_lm(c.reflection_lm, **kw)
+    from fst_jax.chat import SamplerReflectionLM
+
     sp = sampling.SamplingParams(temperature=c.reflection_temperature,
                                  max_new_tokens=c.reflection_max_tokens)  # fmt: skip
-    limit = model_config.max_position_embeddings - c.reflection_max_tokens
+    # name "local": the reply-cache key of runs (and checkpoints) written before this module
+    return SamplerReflectionLM(sampler, params, tokenizer, sp, key_for=key_for, name="local",
+                               max_positions=model_config.max_position_embeddings,
+                               sample_kwargs={"arrays": False})  # fmt: skip
 
-    raw = sampling.raw_bank(tokenizer)
 
-    def generate(conversations: list[list[dict[str, str]]]) -> list[str]:
-        # The reply is prefilled with an opening fence: small local models rarely open one
-        # themselves, and GEPA's extraction reads the text inside the fence.
-        rows = []
-        for conv in conversations:
-            text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-            rows.append(tokenizer.encode(text + FENCE, add_special_tokens=False))
-            n = len(rows[-1])
-            bucket = next((b for b in sampler.task_buckets if b >= n), n)
-            if bucket > limit:  # the sampler pads the prompt to its bucket
-                raise gepa_lib.ReflectionLMError(
-                    "context_overflow",
-                    f"reflection prompt of {n} tokens (bucket {bucket}) + {c.reflection_max_tokens} "
-                    f"new tokens exceeds the local model's {model_config.max_position_embeddings}",
-                )
-        key = key_for(conversations)
-        idx = np.full((len(rows),), raw.no_context, np.int32)
-        out = sampler.sample(params, raw, idx, sampler.pad_tasks(rows), key, sp, arrays=False)
-        replies = []
-        for done, text in zip(out.finished, out.texts):
-            body = FENCE + text
-            if bool(done) and body.rstrip().count(FENCE) < 2:
-                # Stopped on EOS inside the prefilled fence: close it (as gepa.local_lm does);
-                # a reply cut at max_new_tokens stays unclosed and is counted as truncated.
-                body = body.rstrip() + "\n" + FENCE
-            replies.append(body)
-        return replies
+def make_trainer(c: Any, model_config: Any, mesh: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(train step, KL measure, reference log-probs fn or None, advantage kwargs) from the
+    config, wrapped for global inputs on a multi-host mesh."""
+    from fst_jax import rl, settings
 
-    if jax.process_count() > 1:  # a jitted sampler on the global mesh: every process calls it
-        return gepa_lib.LocalReflectionLM(generate, name="local", collective=True)
-    return gepa_lib.get_reflection_lm("local", generate=generate)
+    rl_cfg = settings.rl_config(c)
+    adv = {} if c.mode == "fst_distill" else settings.advantage_kwargs(c.rl, c.rl.advantage)
+    train_step = rl.make_train_step(model_config, mesh, rl_cfg)
+    measure_kl = rl.make_measure_kl(model_config, mesh)
+    ref_logps = (
+        rl.make_logps_fn(model_config, mesh, temperature=rl_cfg.temperature)
+        if c.rl.kl_coef
+        else None
+    )
+    if jax.process_count() > 1:  # multi-host (issue 8): host batches → global arrays
+        train_step.jitted, ref_logps, measure_kl = globalize_trainer(
+            mesh, train_step.jitted, ref_logps, measure_kl
+        )
+    return train_step, measure_kl, ref_logps, adv
+
+
+def starting_params(c: Any, params: Any) -> tuple[Any, Any]:
+    """(weights the run starts from, init_params): `params` and None, or for the plasticity probe
+    (``init_from``) another run's weights twice (they are also val/kl_to_init's reference)."""
+    if not c.init_from:
+        return params, None
+    from fst_jax import checkpoint as ckpt_lib
+
+    step = None if c.init_from_step < 0 else c.init_from_step
+    init, _ = ckpt_lib.restore_params(
+        c.init_from, ckpt_lib.abstract_like(params), step, keys=("train", "params")
+    )
+    return init, init
+
+
+def make_sampling(c: Any, model_config: Any, tokenizer: Any, rows: Any) -> tuple[Any, Any, Any]:
+    """(row-sharded sampler with a progress bar, SamplingParams, empty prompt bank)."""
+    from fst_jax.rows import RowShardedSampler
+
+    sampler = ProgressSampler(
+        RowShardedSampler(sampling.Sampler(model_config, tokenizer), rows), enabled=c.progress
+    )
+    sp = sampling.SamplingParams(
+        temperature=c.sampling.temperature, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
+        max_new_tokens=c.sampling.max_new_tokens,
+    )  # fmt: skip
+    bank = sampling.build_bank(
+        tokenizer, [], max_prompts=c.gepa.max_pool, max_len=c.sampling.max_context_len,
+        mode=c.sampling.context_in,
+    )  # fmt: skip
+    return sampler, sp, bank
+
+
+def warn_gepa_budget(g: Any) -> None:
+    """Logs `gepa.round.budget_warning` for ``config.gepa`` (a budget too small to iterate)."""
+    import logging
+
+    from fst_jax.gepa.round import budget_warning
+
+    rescore = g.k * g.anchor_size if g.rescore == "shared" else 0
+    warning = budget_warning(g.budget, g.anchor_size, g.minibatch, rescore)
+    if warning:
+        logging.getLogger("fst_jax.controller").warning(warning)
+
+
+def globalize_trainer(mesh: Any, train_jitted: Any, ref_logps: Any, measure_kl: Any):
+    """Multi-host: every host builds the same numpy batch, but the trainer's jitted functions
+    (explicit in_shardings) need global arrays, so they convert at this boundary. Returns the
+    wrapped (train step, reference log-probs or None, KL measure)."""
+    import types
+
+    from fst_jax import distributed, sharding
+
+    bs = sharding.batch_sharding(mesh)
+    train_jitted = distributed.with_global_inputs(train_jitted, bs)
+    if ref_logps is not None:
+        ref_logps = distributed.with_global_inputs(ref_logps, bs, gather_outputs=True)
+
+    def global_measure_kl(params: Any, base_params: Any, batch: Any) -> Any:
+        g = distributed.host_to_global((batch.tokens, batch.positions, batch.completion_mask), bs)
+        return measure_kl(params, base_params, types.SimpleNamespace(
+            tokens=g[0], positions=g[1], completion_mask=g[2]))  # fmt: skip
+
+    return train_jitted, ref_logps, global_measure_kl
 
 
 class _NoBar:

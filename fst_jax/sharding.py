@@ -27,14 +27,10 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+# Mesh axis names (defined in the leaf `fst_jax.mesh_axes`; re-exported here).
+from fst_jax.mesh_axes import BATCH_AXES, DATA, FSDP, MESH_AXES, TENSOR  # noqa: F401
 from fst_jax.models.config import ModelConfig
 from fst_jax.models.decoder import param_logical_axes
-
-# Mesh axis names: nothing outside this module spells them.
-DATA, FSDP, TENSOR = "data", "fsdp", "tensor"
-MESH_AXES = (DATA, FSDP, TENSOR)
-# Axes a batch dimension is split over (pure data parallelism plus FSDP's data split).
-BATCH_AXES = (DATA, FSDP)
 
 Rules = tuple[tuple[str, tuple[str, ...] | str | None], ...]
 

@@ -5,6 +5,7 @@ Oracles: per-device argument bytes must equal the shard sizes implied by the inp
 replicated layout, and more micro-batches must shrink the train step's temporaries.
 """
 
+import importlib
 import math
 
 import jax
@@ -14,6 +15,8 @@ import pytest
 from fst_jax import aot
 from fst_jax.models.config import get_config
 from fst_jax.models.decoder import param_shapes
+
+aot_plan = importlib.import_module("fst_jax.aot.plan")  # the module (`aot.plan` is its function)
 
 W = aot.Workload(problems=4, group=4, prompt_len=48, response_len=32, bank_prompts=4, bank_len=16)
 MODEL = "tiny_qwen3"
@@ -39,6 +42,7 @@ def mb2_run():
     )
 
 
+@pytest.mark.slow  # AOT compiles
 def test_argument_bytes_match_shardings(fsdp_run):
     """The compiled executable's argument size is the sum of per-device shard sizes."""
     cfg = aot.model_for(MODEL, aot.Point(1, 8, 1), "float32", "float32")
@@ -62,6 +66,7 @@ def test_argument_bytes_match_shardings(fsdp_run):
     assert stats["arguments"] == state_bytes + rows_bytes
 
 
+@pytest.mark.slow  # AOT compiles
 def test_fsdp_divides_the_state(fsdp_run):
     full = _full_state_bytes(MODEL)
     replicated = aot.evaluate_point(
@@ -79,6 +84,7 @@ def test_fsdp_divides_the_state(fsdp_run):
     assert fsdp_run["train_state"] >= full / 8
 
 
+@pytest.mark.slow  # AOT compiles
 def test_microbatches_shrink_temps(fsdp_run, mb2_run):
     assert mb2_run["train"]["temps"] < fsdp_run["train"]["temps"]
     assert mb2_run["train_state"] == fsdp_run["train_state"]
@@ -86,6 +92,7 @@ def test_microbatches_shrink_temps(fsdp_run, mb2_run):
     assert mb2_run["prefill"]["total"] < fsdp_run["prefill"]["total"]
 
 
+@pytest.mark.slow  # AOT compiles
 def test_sampler_accounting(fsdp_run):
     r = fsdp_run
     for k in ("prefill", "decode"):
@@ -96,6 +103,7 @@ def test_sampler_accounting(fsdp_run):
     assert r["decode"]["aliased"] > 0
 
 
+@pytest.mark.slow  # AOT compiles
 def test_plan_subprocess_and_table():
     """The CI command: a fresh 8-device subprocess, a candidate, table + recommendation."""
     res = aot.plan(
@@ -118,6 +126,7 @@ def test_plan_subprocess_and_table():
     assert "cpu-8" in aot.recommendations(res)
 
 
+@pytest.mark.slow  # AOT compiles
 def test_search_raises_splits_until_it_fits(fsdp_run, mb2_run):
     """A budget between the split=1 and split=2 footprints: the search must end at split 2 and
     fit — micro-batches for the train step, sampler calls for sampling."""
@@ -157,13 +166,15 @@ def test_search_raises_splits_until_it_fits(fsdp_run, mb2_run):
 
 def test_split_helpers():
     assert (
-        aot._max_split(16, 8) == 2 and aot._max_split(256, 16) == 16 and aot._max_split(6, 4) == 1
+        aot_plan._max_split(16, 8) == 2
+        and aot_plan._max_split(256, 16) == 16
+        and aot_plan._max_split(6, 4) == 1
     )
     # total 100, 20 fixed, budget 40 → the scalable 80 must shrink 4× → 1 → 4.
-    assert aot._grow(1, 100, 40, 20, 64) == 4
-    assert aot._grow(1, 100, 40, 20, 2) == 2  # capped
-    assert aot._grow(2, 100, 40, 20, 2) is None
-    assert aot._grow(1, 100, 40, 50, 64) is None  # fixed part alone exceeds the budget
+    assert aot_plan._grow(1, 100, 40, 20, 64) == 4
+    assert aot_plan._grow(1, 100, 40, 20, 2) == 2  # capped
+    assert aot_plan._grow(2, 100, 40, 20, 2) is None
+    assert aot_plan._grow(1, 100, 40, 50, 64) is None  # fixed part alone exceeds the budget
 
 
 def test_errors_are_named():
@@ -176,7 +187,7 @@ def test_errors_are_named():
     with pytest.raises(ValueError, match="Unknown slice"):
         aot.plan(MODEL, ["v9-1"], W)
     with pytest.raises(ValueError, match="expected 'data,fsdp,tensor"):
-        aot._parse_mesh("1,2")
+        aot_plan._parse_mesh("1,2")
     with pytest.raises(SystemExit):
         aot.main(["--slices=cpu-8", "--mesh=1,4,1"])
 

@@ -63,6 +63,7 @@ def _cli(*flags):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # fst-train subprocesses
 def test_cli_unknown_key_and_task(tmp_path):
     r = _cli("--config.rl.group_sze=3", f"--workdir={tmp_path}")
     assert r.returncode == 2 and r.stderr.strip() == (
@@ -87,6 +88,7 @@ def test_refuses_foreign_workdir_unless_forced(tmp_path):
         controller.Controller(c, tmp_path)
 
 
+@pytest.mark.slow  # > 20 s on 2 cores (whole runs)
 def test_task_stream_then_plasticity_probe(tmp_path):
     c = tiny_config("fst")
     c.task.stream, c.task.switch_every = "ctl_parity,ctl_odd", 2
@@ -94,8 +96,8 @@ def test_task_stream_then_plasticity_probe(tmp_path):
     lm = gepa.get_reflection_lm("local", generate=ScriptedLM())
     ctl = controller.Controller(c, tmp_path / "stream", reflection_lm=lm)
     ctl.run()
-    assert ctl.positions == {"ctl_parity": 4, "ctl_odd": 4}
-    assert ctl.population.candidates[0].text == c.task.agnostic_seed_prompt  # task-agnostic seed
+    assert ctl.rs.positions == {"ctl_parity": 4, "ctl_odd": 4}
+    assert ctl.rs.population.candidates[0].text == c.task.agnostic_seed_prompt  # task-agnostic seed
     recs = metrics.read_metrics(tmp_path / "stream")
     assert recs[0]["run/task"] == "ctl_parity,ctl_odd"
     # Every evaluation scores every task of the stream, each with its own running max, and

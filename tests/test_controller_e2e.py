@@ -91,6 +91,7 @@ def run_mode(mode, workdir):
     return ctl, summary, base, lm
 
 
+@pytest.mark.slow  # a whole two-cycle run per mode: tens of seconds each on 2 cores
 @pytest.mark.parametrize("mode", run_setup.MODES)
 def test_mode_two_cycles(mode, tmp_path):
     ctl, summary, base, lm = run_mode(mode, tmp_path)
@@ -120,11 +121,11 @@ def test_mode_two_cycles(mode, tmp_path):
         assert [r["step"] for r in gepa_rows] == [0, 2]
         # Budget respected every round; the population persisted across rounds.
         assert all(r["gepa/calls_used"] <= 12 for r in gepa_rows)
-        assert ctl.population.rounds == 2 and len(ctl.population.candidates) >= 1
-        assert ctl.population.candidates[0].text == "Reply with one word."
+        assert ctl.rs.population.rounds == 2 and len(ctl.rs.population.candidates) >= 1
+        assert ctl.rs.population.candidates[0].text == "Reply with one word."
     if mode == "fst":
         assert all(
-            r["rollout/num_contexts"] == min(2, len(ctl.population.active_ids)) for r in train
+            r["rollout/num_contexts"] == min(2, len(ctl.rs.population.active_ids)) for r in train
         )
     if mode == "fst_distill":
         assert all("train/distill_kl" in r for r in train)
@@ -138,8 +139,8 @@ def test_mode_two_cycles(mode, tmp_path):
     host = meta["host"]
     assert host["step"] == 4 and host["cycle"] == 2 and host["positions"] == {"ctl_parity": 8}
     pop = gepa.PopulationState.from_json(host["population"])
-    assert [c.text for c in pop.candidates] == [c.text for c in ctl.population.candidates]
-    assert host["exported"] == ctl.exported
+    assert [c.text for c in pop.candidates] == [c.text for c in ctl.rs.population.candidates]
+    assert host["exported"] == ctl.rs.exported
     # Saved after the final evaluation: every record written so far is covered by the offset.
     assert host["metrics_offset"] == (tmp_path / metrics.METRICS_FILE).stat().st_size
     for a, b in zip(jax.tree.leaves(state["train"].params), jax.tree.leaves(ctl.state.params)):

@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from fst_jax import distributed, sampling
 from fst_jax import sharding as shd
 from fst_jax.models import get_config, init_params
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.rows import RowShardedSampler, RowShardedTask, gather_rows, row_blocks, rows_of
 
 
@@ -175,7 +175,7 @@ def test_random_model_spec_fields():
     assert mcfg.max_position_embeddings == 4096 and mcfg.tie_word_embeddings
     assert mcfg.name == "tiny_llama" and mcfg.dtype == c.model.dtype
     for spec, match in [
-        ("random:tiny_llama,max_position_embedings=9", "Did you mean 'max_position_embeddings'"),
+        ("random:tiny_llama,max_position_embedings=9", "did you mean 'max_position_embeddings'"),
         ("random:tiny_llama,max_position_embeddings=big", "max_position_embeddings='big' is not a valid int"),
         ("random:tiny_llama,tie_word_embeddings=maybe", "is not a valid bool"),
         ("random:tiny_llama,rope_scaling=2", "is not field=value of a ModelConfig field"),

@@ -15,7 +15,7 @@ import json
 import fault_server
 import pytest
 from fault_server import FaultServer
-from test_gepa_fixtures import ScriptedPolicy
+from fixtures import ScriptedPolicy
 
 from fst_jax.gepa import GepaConfig, PopulationState, Reflector, get_reflection_lm, run_round
 
@@ -115,14 +115,14 @@ def test_fst_controller_run_against_the_fault_server(tmp_path):
         g.reflection_timeout_s, g.reflection_max_retries = 1.0, 2
         g.reflection_backoff_s, g.reflection_backoff_max_s = 0.001, 0.01
         ctl = controller.Controller(c, tmp_path)
-        seed = ctl.population.candidates[0].text
+        seed = ctl.rs.population.candidates[0].text
         server.parent = seed
         server.reset(cycle=CYCLE)
         summary = ctl.run()
     finally:
         server.close()
     assert summary["cycles"] == 3 and summary["steps"] == 6
-    pop = ctl.population
+    pop = ctl.rs.population
     assert pop.candidates[0].text == seed
     assert all(x.text.startswith(server.good + " (variant ") for x in pop.candidates[1:])
     served = server.served()

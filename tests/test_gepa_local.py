@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from fst_jax.chat import local_reflection_lm
 from fst_jax.gepa import (
     GepaConfig,
     PopulationState,
@@ -44,8 +45,8 @@ def _evaluate_factory(state, calls):
 
 @pytest.mark.slow
 def test_local_smollm2_proposes_a_context_through_the_sampler():
-    lm = get_reflection_lm(
-        "local", spec="smollm2-135m-instruct", max_new_tokens=96, temperature=0.7, seed=0
+    lm = local_reflection_lm(
+        spec="smollm2-135m-instruct", max_new_tokens=96, temperature=0.7, seed=0
     )
     assert lm.collective and lm.fingerprint().startswith("local:local:")
     state = PopulationState.new([SEED], seed=0)
@@ -93,16 +94,13 @@ def test_sampler_backend_bookkeeping_on_a_tiny_random_model(tmp_path):
     import jax
 
     from fst_jax.gepa import load_template
-    from fst_jax.gepa.local_lm import local_reflection_lm_from_sampler
     from fst_jax.models import get_config, init_params
-    from fst_jax.models.testing import tiny_tokenizer
+    from fst_jax.models.random_init import tiny_tokenizer
 
     config = get_config("tiny_llama", max_position_embeddings=2048)
     params = init_params(config, jax.random.PRNGKey(0))
     tok = tiny_tokenizer()
-    lm = get_reflection_lm(
-        "local", config=config, params=params, tokenizer=tok, max_new_tokens=12, seed=3
-    )
+    lm = local_reflection_lm(config, params, tok, max_new_tokens=12, seed=3)
     template = tmp_path / "short.md"
     template.write_text("Ctx: <curr_param>\nEx: <side_info>\n<edit_request>")
     reflector = Reflector(
@@ -122,6 +120,8 @@ def test_sampler_backend_bookkeeping_on_a_tiny_random_model(tmp_path):
     assert lm.usage["requests"] == out.attempts - out.cache_hits + 1
     assert state.counters["lm_requests"] == out.attempts and len(state.lm_cache) == out.attempts
     with pytest.raises(ValueError, match="needs a model"):
-        local_reflection_lm_from_sampler(config=config)
+        local_reflection_lm(config=config)
+    with pytest.raises(TypeError, match=r"fst_jax\.chat\.local_reflection_lm"):
+        get_reflection_lm("local", spec="smollm2-135m-instruct")  # GEPA itself never loads models
     with pytest.raises(ValueError, match="collective"):
         Reflector(lm, cache_path=str(tmp_path / "c.jsonl"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fault_server
 import pytest
 from fault_server import FaultServer
-from test_gepa_fixtures import ScriptedPolicy
+from fixtures import ScriptedPolicy
 
 from fst_jax.gepa import (
     GepaConfig,
@@ -49,7 +49,7 @@ def _propose(server, script, *, content_retries=1, max_chars=8000, salt="s", sta
 
 def test_registry_names():
     assert {"openai", "local"} <= set(list_reflection_lms())
-    with pytest.raises(ValueError, match="unknown reflection LM"):
+    with pytest.raises(ValueError, match=r"Unknown reflection LM 'gpt-oracle'"):
         get_reflection_lm("gpt-oracle")
 
 

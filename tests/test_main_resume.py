@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from fst_subprocess import BOOT, REPO, tiny_flags
 
 from fst_jax import metrics
@@ -51,6 +52,7 @@ def _safe_read(path):
         return []
 
 
+@pytest.mark.slow  # fst-train subprocesses
 def test_sigkill_mid_cycle_then_resume_matches_uninterrupted(tmp_path):
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
     ref = launch(ref_dir)

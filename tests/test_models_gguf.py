@@ -20,7 +20,7 @@ from test_models_hf import make_hf
 
 from fst_jax.models import CheckpointError, forward, load
 from fst_jax.models import embedded as emb
-from fst_jax.models.testing import CHATML_TEMPLATE, tiny_tokenizer
+from fst_jax.models.random_init import CHATML_TEMPLATE, tiny_tokenizer
 
 _GGUF_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",

@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from fst_jax.models import forward, get_config, init_params, load, save_hf
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.sharding import make_mesh, param_shardings
 
 TOL = 1e-4
@@ -201,3 +201,38 @@ def test_bf16_checkpoint_roundtrip(tmp_path):
     np.testing.assert_allclose(
         our_logits(c32, p32, TOKENS), hf_logits(model.float(), TOKENS), atol=TOL, rtol=0
     )
+
+
+def test_hub_id_loads_offline_from_a_prepared_cache(tmp_path, monkeypatch):
+    """model.spec=owner/name[@rev] resolves through huggingface_hub; with HF_HUB_OFFLINE the
+    prepared local cache is all it reads (no network), and a missing id names the fix."""
+    import shutil
+
+    import huggingface_hub.constants as hub_constants
+
+    from fst_jax.errors import CheckpointError
+    from fst_jax.models.hub import is_hub_id
+
+    src = tmp_path / "src"
+    model = make_hf("qwen2", str(src), seed=5)
+    cache, commit = tmp_path / "hub", "a" * 40
+    repo = cache / "models--fst-test--tiny-qwen2"
+    shutil.copytree(src, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    assert is_hub_id("fst-test/tiny-qwen2") and is_hub_id("fst-test/tiny-qwen2@main")
+    assert not is_hub_id(str(src)) and not is_hub_id("smollm2-135m-instruct")
+    config, params, tok = load("fst-test/tiny-qwen2")
+    ref_config, _, _ = load(str(src))
+    assert config.name == "tiny-qwen2" and config.replace(name="src") == ref_config
+    assert tok is not None
+    ids = np.array([[3, 17, 99, 4]])
+    with torch.no_grad():
+        want = model(torch.tensor(ids)).logits.numpy()
+    got, _ = forward(config, params, jnp.asarray(ids))
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-4, rtol=1e-4)
+    with pytest.raises(CheckpointError, match=r"not in the local Hugging Face cache.*hf download"):
+        load("fst-test/not-cached")

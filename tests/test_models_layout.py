@@ -7,7 +7,7 @@ import pytest
 
 from fst_jax.models import get_config, init_params, save_hf
 from fst_jax.models.decoder import forward, param_shapes, to_kernel_layout
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.sampling import Sampler, SamplingParams, build_bank
 
 

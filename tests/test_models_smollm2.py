@@ -16,9 +16,9 @@ import pytest
 import torch
 import transformers
 
+from fst_jax.chat import greedy_tokens
 from fst_jax.models import embedded as emb
 from fst_jax.models import forward, get_config, init_cache, load
-from fst_jax.models.generate import greedy_generate
 from fst_jax.models.gguf_loader import open_gguf
 from fst_jax.models.tokenizer import tokenizer_from_gguf
 
@@ -158,9 +158,7 @@ def test_greedy_matches_transformers_generate(ours, ref):
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
     want = out[0, len(ids) :].tolist()
-    (got,) = greedy_generate(
-        config, params, [ids], max_new_tokens=12, eos_id=tokenizer.eos_token_id
-    )
+    (got,) = greedy_tokens(config, params, tokenizer, [ids], max_new_tokens=12)
     assert got == want
 
 

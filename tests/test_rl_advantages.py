@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from fixtures import random_rollouts
 
 from fst_jax.rl import compute_advantages, list_advantages, make_batch
-from fst_jax.rl.testing import random_rollouts
 
 
 def test_grpo_hand_computed_sample_and_population_std():

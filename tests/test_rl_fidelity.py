@@ -7,13 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import random_rollouts
 
 from fst_jax import sharding
 from fst_jax.models import get_config, init_params
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.rl import LossConfig, RLConfig, make_batch, make_train_step
 from fst_jax.rl.losses import TokenInputs, get_loss
-from fst_jax.rl.testing import random_rollouts
 from fst_jax.rl.train_step import update_on_rollouts
 from fst_jax.sampling import Sampler, SamplingParams, build_bank
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import random_rollouts
 
 from fst_jax import sharding
 from fst_jax.models import forward, get_config, init_params
@@ -17,7 +18,6 @@ from fst_jax.rl import (
     make_logps_fn,
     make_train_step,
 )
-from fst_jax.rl.testing import random_rollouts
 
 CFG = get_config("tiny_llama")
 

@@ -9,7 +9,7 @@ import pytest
 from chat_oracle import chat_template_ids
 
 from fst_jax.models import get_config, init_params
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.sampling import (
     Sampler,
     SamplingParams,

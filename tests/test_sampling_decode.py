@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fst_jax.models import default_positions, forward, get_config, init_params, stack_layers
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.sampling import (
     Sampler,
     SamplingParams,

@@ -1,6 +1,6 @@
 """fst-serve over loopback with the real `openai` client, on a tiny random policy.
 
-Oracles: greedy replies must equal `models.generate.greedy_generate` on the conversation
+Oracles: greedy replies must equal an uncached full-forward argmax loop on the conversation
 rendered by the chat template with the context as the system turn (the server instead selects
 that context by prompt-bank slot); seeded samples must not depend on which requests share a
 sampler call; the temperature-through-weights identity is checked on `decoder.forward`.
@@ -18,7 +18,6 @@ import openai
 import pytest
 
 from fst_jax.models import decoder
-from fst_jax.models.generate import greedy_generate
 from fst_jax.sampling import num_compilations
 from fst_jax.serve import load_spec, serving
 from fst_jax.serve.backend import decode_pieces, tempered
@@ -43,11 +42,28 @@ def served():
         yield model, srv, client
 
 
+def _greedy_uncached(config, params, ids, max_new, eos_id):
+    """Independent of the sampler: re-run the whole sequence each step, argmax the last logit."""
+    import jax.numpy as jnp
+
+    from fst_jax.models import forward
+
+    seq, out = list(ids), []
+    for _ in range(max_new):
+        logits, _ = forward(config, params, jnp.asarray([seq], jnp.int32))
+        nxt = int(jnp.argmax(logits[0, -1]))
+        out.append(nxt)
+        seq.append(nxt)
+        if nxt == eos_id:
+            break
+    return out
+
+
 def oracle(model, messages, max_new):
     tok = model.tokenizer
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tok.encode(text, add_special_tokens=False)
-    (out,) = greedy_generate(model.config, model.params, [ids], max_new, tok.eos_token_id)
+    out = _greedy_uncached(model.config, model.params, ids, max_new, tok.eos_token_id)
     if out and out[-1] == tok.eos_token_id:
         out = out[:-1]
     return tok.decode(out, skip_special_tokens=True), len(ids), len(out)

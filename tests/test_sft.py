@@ -16,7 +16,7 @@ from fst_jax import checkpoint as ckpt
 from fst_jax import controller, gepa, metrics, rl, sharding
 from fst_jax.models import get_config, init_params, save_hf
 from fst_jax.models.hf import _leaf, tensor_specs, to_hf
-from fst_jax.models.testing import tiny_tokenizer
+from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.rl.train_step import microbatch_loss
 from fst_jax.run_setup import ConfigError
 from fst_jax.sft import data as sft_data
@@ -244,6 +244,7 @@ def _records(workdir):
             for r in metrics.read_metrics(workdir / metrics.METRICS_FILE)]  # fmt: skip
 
 
+@pytest.mark.slow  # > 20 s on 2 cores (whole runs)
 def test_sft_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
     full = trainer.SFTRun(sft_config(), tmp_path / "full")
     s = full.run()
@@ -276,6 +277,7 @@ def test_sft_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
         trainer.SFTRun(sft_config(lr=5e-4), tmp_path / "full")
 
 
+@pytest.mark.slow  # > 20 s on 2 cores (whole runs)
 def test_sft_checkpoint_starts_an_fst_run_and_exports(tmp_path):
     c = sft_config(steps=2, export=True)
     s = trainer.run(c, tmp_path / "sft")

@@ -3,12 +3,12 @@
 import jax
 import numpy as np
 import pytest
+from fixtures import random_rollouts
 from jax.sharding import PartitionSpec as P
 
 from fst_jax import sharding
 from fst_jax.models import get_config, init_params
 from fst_jax.rl import RLConfig, host_metrics, make_batch, make_measure_kl, make_train_step
-from fst_jax.rl.testing import random_rollouts
 
 CFG = get_config("tiny_llama")
 

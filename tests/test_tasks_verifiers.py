@@ -310,7 +310,7 @@ def test_verifier_bug_becomes_verdict():
 
 def test_registry_errors():
     assert set(list_tasks()) >= {"codeio", "math", "hover", "hover_hard", "physics", "star_graph"}
-    with pytest.raises(KeyError, match="Did you mean 'star_graph'"):
+    with pytest.raises(KeyError, match="did you mean 'star_graph'"):
         get_task("stargraph")
     with pytest.raises(TypeError, match="get_task\\('math'"):
         get_task("math", difficultyy="lite")

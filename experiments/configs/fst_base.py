@@ -17,7 +17,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.resume = "auto"  # auto: continue this run's checkpoints | force: accept another run's | never
     c.init_from = ""  # plasticity probe: a workdir whose latest params start this (fresh) run
     c.init_from_step = -1  # -1 = latest step of init_from
-    c.log_every = 1
     c.progress = True  # tqdm bars for sampling, GEPA rounds and the run
     c.summary = True  # one-screen summary + KL-vs-reward PNG at the end
 
@@ -162,4 +161,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.eval_every = 50  # validation loss every N steps (and at start and end)
     c.sft.checkpoint_every = 50
     c.sft.export = True  # HF checkpoint dir <workdir>/export at the end
+    c.metrics = ml_collections.ConfigDict()  # metrics.jsonl + TensorBoard always
+    c.metrics.wandb = ""  # a W&B project name mirrors the scalars there ('' = off; pip extra)
     return c

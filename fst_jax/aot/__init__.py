@@ -51,9 +51,6 @@ from fst_jax.aot.core import (
     time_estimate,
 )
 from fst_jax.aot.plan import (
-    _grow,
-    _max_split,
-    _parse_mesh,
     default_points,
     main,
     markdown_table,
@@ -71,9 +68,6 @@ __all__ = [
     "Point",
     "Slice",
     "Workload",
-    "_grow",
-    "_max_split",
-    "_parse_mesh",
     "budget_bytes",
     "compile_sampler",
     "compile_train_step",

@@ -7,7 +7,7 @@ Typical wiring (the controller owns the sampler and the checkpoint):
 
     state = PopulationState.new([task.seed_prompt], seed=cfg.seed)
     lm = get_reflection_lm("openai", model="gpt-5.2", base_url=None, api_key_env="OPENAI_API_KEY")
-    # or get_reflection_lm("local", config=cfg, params=base_params, tokenizer=tok)
+    # or fst_jax.chat.local_reflection_lm(cfg, base_params, tok): the frozen policy, no network
     reflector = Reflector(lm, lockstep=jax_lockstep())
     for cycle in ...:
         report = run_round(state, evaluate, reflector, {ex.id: ex.question for ex in anchors}, budget)

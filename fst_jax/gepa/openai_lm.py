@@ -32,7 +32,7 @@ from typing import Any
 import openai
 import tenacity
 
-from fst_jax.gepa.reflection import LMReply, ReflectionLMError, register_reflection_lm
+from fst_jax.gepa.lm import LMReply, ReflectionLMError
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,3 @@ class OpenAIReflectionLM:
                     self.base_url,
                 )
             raise ReflectionLMError(e.reason, f"reflection LM: {e}") from None
-
-
-@register_reflection_lm("openai")
-def _make_openai(**kwargs: Any) -> OpenAIReflectionLM:
-    return OpenAIReflectionLM(**kwargs)

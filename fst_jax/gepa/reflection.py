@@ -21,9 +21,11 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
+from fst_jax.gepa.lm import LMReply, LocalReflectionLM, ReflectionLM, ReflectionLMError
 from fst_jax.gepa.multihost import Lockstep
+from fst_jax.registry import Registry
 
 FENCE = "```"
 PLACEHOLDERS = ("<curr_param>", "<side_info>", "<edit_request>")
@@ -141,129 +143,45 @@ def extract_context(
 # Backends.
 
 
-class ReflectionLMError(RuntimeError):
-    """A transient backend failure that outlived the retry policy; the proposal is skipped."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclasses.dataclass
-class LMReply:
-    text: str | None
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class ReflectionLM(Protocol):
-    """What the Reflector needs from a backend."""
-
-    usage: dict[str, int]
-
-    def fingerprint(self) -> str:
-        """Identity of the model and decoding settings; part of every cache key."""
-        ...
-
-    def complete(self, messages: list[dict[str, str]]) -> LMReply:
-        """One chat completion; raises ReflectionLMError once retries are exhausted."""
-        ...
-
-
-_REGISTRY: dict[str, Callable[..., ReflectionLM]] = {}
+_REGISTRY: Registry[Callable[..., ReflectionLM]] = Registry("reflection LM")
 
 
 def register_reflection_lm(
     name: str,
 ) -> Callable[[Callable[..., ReflectionLM]], Callable[..., ReflectionLM]]:
-    def deco(factory: Callable[..., ReflectionLM]) -> Callable[..., ReflectionLM]:
-        if name in _REGISTRY:
-            raise ValueError(f"reflection LM {name!r} is already registered.")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def get_reflection_lm(name: str, **kwargs: Any) -> ReflectionLM:
     """Build a registered backend by name (`openai`, `local`, or one you registered)."""
-    if name == "openai" and name not in _REGISTRY:
-        import fst_jax.gepa.openai_lm  # noqa: F401  (registers itself)
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown reflection LM {name!r}; registered: {list_reflection_lms()}.")
-    return _REGISTRY[name](**kwargs)
+    return _REGISTRY.get(name)(**kwargs)
 
 
 def list_reflection_lms() -> list[str]:
-    import fst_jax.gepa.openai_lm  # noqa: F401
-
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
-class LocalReflectionLM:
-    """Wraps `generate(conversations) -> replies`, e.g. fst_jax's sampler on a frozen local model.
+@register_reflection_lm("openai")
+def _make_openai(**kwargs: Any) -> ReflectionLM:
+    """An OpenAI-compatible endpoint (`openai_lm`; imported on use, it pulls in the client)."""
+    from fst_jax.gepa.openai_lm import OpenAIReflectionLM
 
-    `collective=True` marks a generate that every process of a multi-host run must call (a
-    sharded jitted sampler); `tokenizer` (optional) enables token usage accounting.
-    """
-
-    def __init__(
-        self,
-        generate: Callable[[list[list[dict[str, str]]]], list[str]],
-        *,
-        name: str = "local",
-        collective: bool = False,
-        tokenizer: Any = None,
-    ) -> None:
-        if not callable(generate):
-            raise TypeError(
-                "LocalReflectionLM needs a callable generate(list of chat message lists) -> list[str]."
-            )
-        self.generate = generate
-        self.name = name
-        self.collective = collective
-        self.tokenizer = tokenizer
-        self.usage: dict[str, int] = {
-            "requests": 0,
-            "retries": 0,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-        }
-
-    def fingerprint(self) -> str:
-        return f"local:{self.name}"
-
-    def complete(self, messages: list[dict[str, str]]) -> LMReply:
-        self.usage["requests"] += 1
-        replies = self.generate([messages])
-        if not isinstance(replies, list | tuple) or len(replies) != 1:
-            raise TypeError(
-                f"generate() must return one reply per conversation; got {replies!r:.200}."
-            )
-        reply = replies[0]
-        if self.tokenizer is not None:
-            prompt = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            self.usage["prompt_tokens"] += len(
-                self.tokenizer.encode(prompt, add_special_tokens=False)
-            )
-            self.usage["completion_tokens"] += len(
-                self.tokenizer.encode(reply or "", add_special_tokens=False)
-            )
-        return LMReply(text=reply, finish_reason=None)
+    return OpenAIReflectionLM(**kwargs)
 
 
 @register_reflection_lm("local")
 def _make_local(
     generate: Callable[..., list[str]] | None = None, *, name: str = "local", **sampler_kwargs: Any
 ):
-    if generate is not None:
-        return LocalReflectionLM(generate, name=name)
-    from fst_jax.gepa.local_lm import local_reflection_lm_from_sampler
-
-    return local_reflection_lm_from_sampler(name=name, **sampler_kwargs)
+    """`local` by name wraps a `generate` callable; a model-backed one is built above this
+    package (GEPA stays free of JAX): `fst_jax.chat.local_reflection_lm(spec=...)`."""
+    if generate is None:
+        raise TypeError(
+            "get_reflection_lm('local') needs generate=<callable(conversations) -> replies>; for "
+            "a local model use fst_jax.chat.local_reflection_lm(spec='smollm2-135m-instruct', "
+            f"...) (got {sorted(sampler_kwargs)})"
+        )
+    return LocalReflectionLM(generate, name=name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Decoder models: configs, pure forward, loading and export (see DESIGN.md, models/)."""
+"""Decoder models: configs, pure forward, loading and export (layers: ARCHITECTURE.md)."""
 
 from fst_jax.models.config import ModelConfig, RopeScaling, get_config, named_configs
 from fst_jax.models.decoder import (

@@ -143,7 +143,7 @@ def splash_attention(
     fn = functools.partial(_splash_local, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty:
-        from fst_jax import sharding
+        from fst_jax import mesh_axes as sharding  # axis names only (a leaf: no import cycle)
 
         P = jax.sharding.PartitionSpec
         shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)

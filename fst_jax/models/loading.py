@@ -1,4 +1,4 @@
-"""`load(spec)`: one entry point for HF dirs, GGUF files and the embedded default model."""
+"""`load(spec)`: one entry point for HF dirs, GGUF files, Hub ids and the embedded default model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fst_jax.models.config import ModelConfig
 from fst_jax.models.embedded import CONFIG_NAME, EMBEDDED_NAME, embedded_checkpoint_dir
 from fst_jax.models.gguf_loader import load_gguf
 from fst_jax.models.hf import CheckpointError, load_hf_dir
+from fst_jax.models.hub import is_hub_id, snapshot_dir
 from fst_jax.models.tokenizer import load_tokenizer_dir
 
 
@@ -24,7 +25,8 @@ def load(
     require_tokenizer: bool = True,
     **model_overrides: Any,
 ) -> tuple[ModelConfig, Any, Any]:
-    """Load `(config, params, tokenizer)` from an HF dir, a `.gguf` file or `smollm2-135m-instruct`.
+    """Load `(config, params, tokenizer)` from an HF dir, a `.gguf` file, a Hugging Face Hub id
+    (``owner/name[@revision]``, see `fst_jax.models.hub`) or `smollm2-135m-instruct`.
 
     dtype: sets both `param_dtype` and compute `dtype` (e.g. "bfloat16"); finer control via
     `model_overrides` (any `ModelConfig` field: `scan_layers=True`, `remat="layer"`, ...).
@@ -41,6 +43,9 @@ def load(
     if is_embedded(spec):
         model_overrides.setdefault("name", CONFIG_NAME)
         spec = embedded_checkpoint_dir()
+    elif is_hub_id(spec):
+        model_overrides.setdefault("name", spec.partition("@")[0].rsplit("/", 1)[-1])
+        spec = snapshot_dir(spec)
     if os.path.isdir(spec):
         config, params = load_hf_dir(spec, shardings, **model_overrides)
         if not require_tokenizer and not os.path.exists(os.path.join(spec, "tokenizer.json")):
@@ -54,7 +59,7 @@ def load(
         return config, params, tokenizer
     raise CheckpointError(
         f"Cannot load {spec!r}: no such directory or file. Pass an HF checkpoint directory "
-        f"(config.json + *.safetensors), a .gguf file, or {EMBEDDED_NAME!r}."
+        f"(config.json + *.safetensors), a .gguf file, a Hub id (owner/name) or {EMBEDDED_NAME!r}."
     )
 
 

@@ -16,26 +16,22 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fst_jax.registry import Registry
+
 AdvantageFn = Callable[..., np.ndarray]
-_ADVANTAGES: dict[str, AdvantageFn] = {}
+_ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
 
 
 def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    def deco(fn: AdvantageFn) -> AdvantageFn:
-        _ADVANTAGES[name] = fn
-        return fn
-
-    return deco
+    return _ADVANTAGES.register(name)
 
 
 def list_advantages() -> list[str]:
-    return sorted(_ADVANTAGES)
+    return _ADVANTAGES.names()
 
 
 def get_advantage(name: str) -> AdvantageFn:
-    if name not in _ADVANTAGES:
-        raise KeyError(f"Unknown advantage estimator {name!r}; known: {', '.join(_ADVANTAGES)}")
-    return _ADVANTAGES[name]
+    return _ADVANTAGES.get(name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fst_jax.registry import Registry
 from fst_jax.rl.kl import LOG_RATIO_CLAMP
 
 
@@ -44,8 +45,7 @@ class LossConfig:
     kl_estimator: str = "k3"
 
     def __post_init__(self) -> None:
-        if self.name not in _LOSSES:
-            raise KeyError(f"Unknown loss {self.name!r}; registered: {', '.join(list_losses())}")
+        _LOSSES.get(self.name)  # an unknown name fails with the nearest registered one
         if self.tau <= 0 or (self.clip_low is not None and self.clip_low >= self.tau):
             raise ValueError(
                 f"Need 0 <= clip_low < tau; got clip_low={self.clip_low}, tau={self.tau}"
@@ -80,25 +80,23 @@ class LossSpec:
     default_aggregation: str = "prompt_token_mean"
 
 
-_LOSSES: dict[str, LossSpec] = {}
+_LOSSES: Registry[LossSpec] = Registry("loss")
 
 
 def register_loss(name: str, **spec_kwargs) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
-        _LOSSES[name] = LossSpec(fn=fn, **spec_kwargs)
+        _LOSSES.add(name, LossSpec(fn=fn, **spec_kwargs))
         return fn
 
     return deco
 
 
 def list_losses() -> list[str]:
-    return sorted(_LOSSES)
+    return _LOSSES.names()
 
 
 def get_loss(name: str) -> LossSpec:
-    if name not in _LOSSES:
-        raise KeyError(f"Unknown loss {name!r}; registered: {', '.join(list_losses())}")
-    return _LOSSES[name]
+    return _LOSSES.get(name)
 
 
 def importance_ratio(logps: jax.Array, old_logps: jax.Array) -> jax.Array:

@@ -90,7 +90,7 @@ def _model_skeleton(flat: dict[str, Any]) -> tuple[Any, Any, str]:
     }
     dtype = flat.get("model.dtype") or None
     if spec.startswith("random:"):
-        from fst_jax.models.testing import tiny_tokenizer
+        from fst_jax.models.random_init import tiny_tokenizer
 
         name, *fields = (p.strip() for p in spec.split(":", 1)[1].split(","))
         if name not in named_configs():

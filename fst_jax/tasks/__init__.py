@@ -12,12 +12,11 @@ from fst_jax.tasks.base import (
     Task,
     Verdict,
     check_disjoint,
-    get_task,
     list_tasks,
     register_task,
     split_of,
 )
-from fst_jax.tasks.subsets import SubsetTask, build_hard_subset, load_subset
+from fst_jax.tasks.subsets import SubsetTask, build_hard_subset, get_task, load_subset
 
 __all__ = [
     "SPLITS",

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from fst_jax.registry import Registry
+
 SPLITS = ("train", "validation", "test")
 # Hash buckets (out of 1000) per split for tasks without an official split.
 _SPLIT_BUCKETS = {"validation": (0, 50), "test": (50, 100), "train": (100, 1000)}
@@ -269,35 +271,22 @@ def _worker_verify(example: Example, completion: Any) -> Verdict:
 
 
 # --- registry -------------------------------------------------------------------------------
-_REGISTRY: dict[str, Callable[..., Task]] = {}
+_REGISTRY: Registry[Callable[..., Task]] = Registry("task")
 
 
 def register_task(name: str) -> Callable:
-    def deco(factory):
-        if name in _REGISTRY:
-            raise ValueError(f"Task {name!r} registered twice.")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def list_tasks() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
-def get_task(name: str, **kwargs) -> Task:
-    """Build a task by registry name, or load a saved subset file (`*.jsonl`)."""
-    if name.endswith(".jsonl") or os.sep in name:
-        from fst_jax.tasks.subsets import load_subset
-
-        return load_subset(name, **kwargs)
-    if name not in _REGISTRY:
-        near = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.4)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise KeyError(f"Unknown task {name!r}.{hint} Available: {list_tasks()}.")
+def build_registered_task(name: str, **kwargs) -> Task:
+    """Build a task by registry name (`fst_jax.tasks.get_task` also takes subset files)."""
+    factory = _REGISTRY.get(name)
     try:
-        task = _REGISTRY[name](**kwargs)
+        task = factory(**kwargs)
     except TypeError as e:
         raise TypeError(f"get_task({name!r}, ...): {e}") from e
     task.spec = (name, dict(kwargs))  # lets subset files rebuild the same task

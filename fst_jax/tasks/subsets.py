@@ -9,12 +9,28 @@ loads it back as a Task whose verifier is the source task's.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 
-from fst_jax.tasks.base import Example, Task, Verdict, check_disjoint, check_split_name, get_task
+from fst_jax.tasks.base import (
+    Example,
+    Task,
+    Verdict,
+    build_registered_task,
+    check_disjoint,
+    check_split_name,
+)
 from fst_jax.tasks.loaders import read_jsonl, write_jsonl
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """Build a task by registry name, or load a saved subset file (`*.jsonl` or a path).
+
+    It lives here, above the registry in `base`, so `base` never imports this module back."""
+    if name.endswith(".jsonl") or os.sep in name:
+        return load_subset(name, **kwargs)
+    return build_registered_task(name, **kwargs)
+
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data", "hard")
 HEADER_KEY = "__subset__"
@@ -118,7 +134,3 @@ def load_subset(name_or_path: str, **overrides) -> SubsetTask:
             raise ValueError(f"{path}, line {n}: missing field 'split'.")
     base = get_task(info["task"], **{**info.get("kwargs", {}), **overrides})
     return SubsetTask(path, base, rows[1:], info)
-
-
-def subset_summary(task: SubsetTask) -> str:
-    return json.dumps(task.info, sort_keys=True)

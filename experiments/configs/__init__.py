@@ -1,0 +1,1 @@
+"""The shipped fst-train configs (installed as `fst_jax.configs`; see fst_jax.main.config_dir)."""
