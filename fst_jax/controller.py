@@ -234,9 +234,9 @@ class Controller:
 
     def _save(self) -> None:
         host = self.rs.to_json(self.writer.offset())
-        host["gepa_log_offset"] = self.gepa_log.offset()  # gepa_log.jsonl is cut back to it on resume
+        host["gepa_log_offset"] = self.gepa_log.offset()  # gepa_log.jsonl: cut back on resume
         state = {"train": self.state, "rng": ckpt_lib.key_to_data(self.key)}
-        self.checkpointer.save(self.rs.step, state, {"host": self.rs.to_json(self.writer.offset())})
+        self.checkpointer.save(self.rs.step, state, {"host": host})
 
     # ------------------------------------------------------------------ the loop
 

@@ -30,6 +30,11 @@ from fst_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"
+# Names the analysis code reads (fst_jax.analysis: report sections and plots).
+TRAIN_LOSS = "train/loss"
+TRAIN_ENTROPY = "train/entropy"
+TRAIN_GRAD_NORM = "train/grad_norm"
+REWARD_MEAN = "rollout/reward_mean"
 
 # Names other modules log under; kept here so dashboards and notebooks agree on spelling.
 VAL_MEAN = "val/mean@{k}"
