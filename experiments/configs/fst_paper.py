@@ -1,11 +1,13 @@
-"""The paper's setups (Qwen3-8B; shared/research/paper.md §2.4) (shared by the paper_<experiment>.py files).
+"""The paper's setups on Qwen3-8B, shared by the paper_<experiment>.py files.
 
 Experiments: codeio, math, hover_hard (main tasks: FST vs RL vs GEPA via --config.mode),
 hover, physics (KL study), star_graph (zero-reward probe), continual (HoVer → CodeIO → Physics,
 200 steps each), plasticity (fresh RL on HoVer-hard from --config.init_from=<workdir>).
 
-Point ``--config.model.spec`` at a local HF checkpoint directory of Qwen3-8B. Numbers tagged
-[S2] in paper.md come from secondary readings of the paper; unknowns use SDPO-C's values [C].
+Point ``--config.model.spec`` at a local HF checkpoint directory of Qwen3-8B. The paper's appendix
+was not readable: numbers tagged [S2] come from secondary readings of it (the shipyard
+reimplementation's docs and third-party notes), and unknowns use the co-author's verl fork's
+values [C] (SDPO_custom). T=6, K=4, G=8 and GEPA's 960 calls over 192 anchors are [S2].
 """
 
 import os

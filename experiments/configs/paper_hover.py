@@ -1,4 +1,4 @@
-"""Paper setup 'hover' on Qwen3-8B (see fst_paper.py and shared/research/paper.md §2.4)."""
+"""Paper setup 'hover' on Qwen3-8B (see fst_paper.py for the numbers and their sources)."""
 
 import os
 import sys
