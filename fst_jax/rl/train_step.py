@@ -320,18 +320,22 @@ class TrainStep:
     def __call__(self, state: TrainState, batch: RLBatch) -> tuple[TrainState, dict]:
         self.check_batch(batch)
         m = self.microbatches_for(batch.num_rows, int(batch.tokens.shape[1]))
-        # (Multi-process: `jitted` may be wrapped for global inputs; keep the configured count.)
-        if m == self.rl_config.num_microbatches or jax.process_count() > 1:
+        if m == self.rl_config.num_microbatches:
             return self.jitted(state, batch)
         if m not in self._by_count:
+            from fst_jax import distributed
+
             cfg = dataclasses.replace(self.rl_config, num_microbatches=m)
             fn = train_step_fn(self.model_config, cfg, self.optimizer, self.mesh)
-            self._by_count[m] = jax.jit(
+            jitted = jax.jit(
                 fn,
                 in_shardings=(self.state_shardings, self.batch_sharding),
                 out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                 donate_argnums=(0,),
             )
+            # Multi-process: host batches become global arrays, as for `jitted` (identity on one
+            # process), so every process count picks the same micro-batching and update.
+            self._by_count[m] = distributed.with_global_inputs(jitted, self.batch_sharding)
         return self._by_count[m](state, batch)
 
 
