@@ -77,10 +77,10 @@ def _manager(workdir: str | os.PathLike) -> tuple[Any, Any]:
 
 def _model_skeleton(flat: dict[str, Any]) -> tuple[Any, Any, str]:
     """(ModelConfig, tokenizer, spec) of the run's policy, without reading its base weights."""
-    from fst_jax.models import EMBEDDED_NAME, get_config, named_configs
+    from fst_jax.errors import ConfigError
+    from fst_jax.models import EMBEDDED_NAME, get_config
     from fst_jax.models.embedded import CONFIG_NAME, embedded_checkpoint_dir
     from fst_jax.models.loading import is_embedded
-    from fst_jax.run_setup import ConfigError, _random_spec_fields
 
     spec = str(flat.get("model.spec", ""))
     over = {
@@ -90,15 +90,12 @@ def _model_skeleton(flat: dict[str, Any]) -> tuple[Any, Any, str]:
     }
     dtype = flat.get("model.dtype") or None
     if spec.startswith("random:"):
-        from fst_jax.models.random_init import tiny_tokenizer
+        from fst_jax.models.random_init import parse_random_spec, tiny_tokenizer
 
-        name, *fields = (p.strip() for p in spec.split(":", 1)[1].split(","))
-        if name not in named_configs():
-            raise RunError(f"the run's model spec {spec!r} names no known model config")
         try:
-            extra = _random_spec_fields(name, fields)
+            name, extra = parse_random_spec(spec)
         except ConfigError as e:
-            raise RunError(str(e)) from e
+            raise RunError(f"the run's model spec {spec!r}: {e}") from e
         cfg = get_config(name, **{**over, **({"dtype": dtype} if dtype else {}), **extra})
         return cfg, tiny_tokenizer(), spec
     from fst_jax.models.gguf_loader import config_from_gguf, open_gguf
