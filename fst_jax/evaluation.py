@@ -4,6 +4,13 @@
   exported context; the score is the mean reward over problems × samples.
 * ``val/mean@k_no_context``: the same without any context (the paper's OOD protocol, "evaluated
   with no GEPA prompt"), which isolates what the slow weights learned.
+* ``val/mean@k_seed_context``: the same under the run's seed context at every evaluation, so the
+  start and end of a run are compared under one fixed context (the best context changes as GEPA
+  evolves it; in mode rl the two are the same rollouts).
+* ``…_se``: the standard error of each score over validation problems (the k samples of a
+  problem are averaged first, so correlated samples are not counted as independent), and
+  ``val/per_example@k…``: the per-problem scores themselves (lists, in metrics.jsonl and the
+  checkpointed first/last evaluation) for paired start-vs-end differences (`paired_delta`).
 * ``val/mean@k_running_max``: the running maximum over evaluations (the paper plots it).
 * ``val/kl_to_base``: KL(π_θ ‖ π_base) on held-out prompts, without context ("slow-weight
   displacement", paper §2.5): completions are sampled from π_θ and the exact full-vocabulary
@@ -73,6 +80,27 @@ def mean_at_k(
     for v in verdicts:
         status[v.status] = status.get(v.status, 0) + 1
     return MeanAtK(float(rewards.mean()), rewards.mean(1).tolist(), out, status)
+
+
+def standard_error(per_example: Sequence[float]) -> float:
+    """SE of the mean over problems (sample sd, ddof 1); 0 for fewer than two problems."""
+    x = np.asarray(per_example, np.float64)
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def paired_delta(start: Sequence[float], end: Sequence[float]) -> tuple[float, float]:
+    """(mean, SE) of end − start over the same problems: the paired test of a change."""
+    a, b = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_delta: {a.shape} vs {b.shape} problems; not the same set")
+    d = b - a
+    return float(d.mean()), standard_error(d)
+
+
+def _score(m: dict[str, Any], key: str, r: MeanAtK) -> None:
+    m[key] = r.mean
+    m[key.replace("val/mean@", "val/se@", 1)] = standard_error(r.per_example)
+    m[key.replace("val/mean@", "val/per_example@", 1)] = [round(x, 6) for x in r.per_example]
 
 
 class _KLBatch:
@@ -151,13 +179,22 @@ def validate(
     k_best, k_none, k_qb, k_qs = jax.random.split(key, 4)
     best = mean_at_k(sampler, params, bank, 0, examples, task, k, k_best, sampling)
     none = mean_at_k(sampler, params, bank, bank.no_context, examples, task, k, k_none, sampling)
-    m: dict[str, Any] = {
-        f"val/mean@{k}": best.mean,
-        f"val/mean@{k}_no_context": none.mean,
+    # Trained weights × seed context (also the quadrant cell): the same rollouts as `best` while
+    # the best context is still the seed, so mode rl and a run's start pay nothing extra.
+    seed = (
+        best
+        if best_context == seed_context
+        else mean_at_k(sampler, params, bank, 1, examples, task, k, k_qs, sampling)
+    )
+    m: dict[str, Any] = {}
+    _score(m, f"val/mean@{k}", best)
+    _score(m, f"val/mean@{k}_no_context", none)
+    _score(m, f"val/mean@{k}_seed_context", seed)
+    m.update({
         f"val/mean@{k}_running_max": running_max.update(best.mean),
         "val/num_examples": len(examples),
         "val/best_context_chars": len(best_context),
-    }
+    })  # fmt: skip
     for status, n in sorted(best.verdict_status.items()):
         m[f"val/status/{status}"] = n / (len(examples) * k)
     if measure_kl is not None and kl_examples > 0:
@@ -174,7 +211,7 @@ def validate(
         qs = {
             "base_w/seed_p": mean_at_k(sampler, base_params, bank, 1, examples, task, k, k_qb, sampling),
             "base_w/trained_p": mean_at_k(sampler, base_params, bank, 0, examples, task, k, k_qb, sampling),
-            "trained_w/seed_p": mean_at_k(sampler, params, bank, 1, examples, task, k, k_qs, sampling),
+            "trained_w/seed_p": seed,
             "trained_w/trained_p": best,
         }  # fmt: skip
         for name, r in qs.items():

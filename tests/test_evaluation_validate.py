@@ -76,12 +76,90 @@ def test_validate_layout_means_and_quadrants():
     np.testing.assert_array_equal(batch.tokens[:2, 0], [0, 20])
     assert batch.completion_mask[2:].sum() == 0 and (batch.positions[2:] == -1).all()
     assert m["val/kl_to_base"] == 0.25 and m["val/kl_tokens"] == 4.0
-    # Quadrants: base weights with seed (slot 1) and best (slot 0); trained weights with seed.
-    assert [(c[0], c[1][0]) for c in sampler.calls[2:]] == [("base", 1), ("base", 0), ("theta", 1)]
+    # Trained weights × seed context (slot 1) every evaluation; the quadrants add base weights
+    # with seed (slot 1) and best (slot 0).
+    assert [(c[0], c[1][0]) for c in sampler.calls[2:]] == [("theta", 1), ("base", 1), ("base", 0)]
+    # Slot 1 (odd): odd rows succeed; per problem (4 rows, starting at an even row) 2 of 4.
+    assert m["val/mean@4_seed_context"] == 0.5
+    assert m["val/per_example@4_seed_context"] == [0.5, 0.5, 0.5]
+    assert m["val/se@4_seed_context"] == 0.0
     assert m["val/quadrant/base_w/seed_p"] == 0.0 and m["val/quadrant/base_w/trained_p"] == 0.0
     assert (
         m["val/quadrant/trained_w/seed_p"] == 0.5 and m["val/quadrant/trained_w/trained_p"] == 0.5
     )
+
+
+class PerProblemSampler:
+    """Problem i's rows succeed with a scripted per-problem rate (k = 4)."""
+
+    def __init__(self, rates):
+        self.rates, self.calls = rates, 0
+
+    def sample(self, params, bank, idx, questions, key, sampling, row_ids=None):
+        self.calls += 1
+        texts = [str(int(r % 4 < 4 * self.rates[r // 4])) for r in range(len(idx))]
+        return Rollouts(texts)
+
+
+def _validate(sampler, best, seed, n):
+    return evaluation.validate(
+        sampler=sampler, params="theta", base_params="base", bank=Bank(), best_context=best,
+        seed_context=seed, examples=[Example(f"v{i}", f"q{i}", None, {}) for i in range(n)],
+        task=Task(), k=4, kl_examples=0, key=jax.random.key(0), sampling=None, measure_kl=None,
+        running_max=evaluation.RunningMax(),
+    )  # fmt: skip
+
+
+def test_standard_errors_are_over_problems_and_seed_context_reuses_best():
+    import statistics
+
+    rates = [0.0, 0.25, 1.0, 0.5, 0.75]
+    sampler = PerProblemSampler(rates)
+    m = _validate(sampler, "same", "same", len(rates))
+    assert sampler.calls == 2  # best == seed: no third sampling pass
+    assert m["val/per_example@4"] == rates == m["val/per_example@4_seed_context"]
+    want = statistics.stdev(rates) / len(rates) ** 0.5  # independent formula
+    assert m["val/se@4"] == pytest.approx(want) == m["val/se@4_seed_context"]
+    assert m["val/mean@4"] == pytest.approx(statistics.mean(rates))
+    assert _validate(PerProblemSampler(rates), "best", "seed", len(rates)) is not None
+    assert evaluation.standard_error([0.3]) == 0.0
+
+
+def test_paired_delta_and_summary_verdicts():
+    from fst_jax import run_summary
+    from fst_jax.run_state import RunState
+
+    start, end = [0.0, 0.25, 0.0, 0.5] * 8, [0.5, 0.5, 0.25, 0.75] * 8
+    d, se = evaluation.paired_delta(start, end)
+    diffs = [b - a for a, b in zip(start, end, strict=True)]
+    import statistics
+
+    assert d == pytest.approx(statistics.mean(diffs))
+    assert se == pytest.approx(statistics.stdev(diffs) / len(diffs) ** 0.5)
+    with pytest.raises(ValueError, match="not the same set"):
+        evaluation.paired_delta([0.0], [0.0, 1.0])
+
+    def summary(a, b):
+        rs = RunState.__new__(RunState)
+        ev = lambda x: {  # noqa: E731
+            "val/mean@4_seed_context": sum(x) / len(x), "val/se@4_seed_context": 0.01,
+            "val/per_example@4_seed_context": x, "val/num_examples": len(x),
+        }  # fmt: skip
+        rs.first_eval, rs.last_eval = ev(a), ev(b)
+        rs.step = rs.cycle = 1
+        rs.running_max = evaluation.RunningMax(0.5)
+        rs.population = type("P", (), {"candidates": [1]})()
+        rs.exported = ["ctx"]
+        return run_summary.summarize(rs, workdir="w", mode="rl", k=4, wall_s=1.0, checkpoints=[1])
+
+    s = summary(start, end)
+    assert s["verdict"].startswith("LEARNED") and s["num_val_rollouts"] == 128
+    text = run_summary.format_summary(s)
+    assert text.splitlines()[-2].strip().startswith("verdict         LEARNED")
+    assert "± 0.010" in text
+    assert summary(end, start)["verdict"].startswith("GOT WORSE")
+    noisy = summary([0.0, 1.0] * 16, [1.0, 0.0] * 15 + [1.0, 1.0])
+    assert noisy["verdict"].startswith("DID NOT LEARN")
 
 
 def test_mean_at_k_rejects_empty_and_bad_k():
