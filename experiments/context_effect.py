@@ -45,6 +45,15 @@ CELLS = {
         "Show the calculation briefly, then give the final answer as a number inside "
         "\\boxed{}, for example \\boxed{12}.",
     ),
+    # The default run's task: reward = the last number of the reply (GSM8K-style), so a
+    # context that keeps replies short and ending on the answer can help without any \boxed{}.
+    "math_lite_num": (
+        "math",
+        {"difficulty": "lite", "answer_format": "last_number"},
+        "Solve the arithmetic word problem.",
+        "Answer in one short sentence that ends with the final number, for example: "
+        "Tom has 12 apples.",
+    ),
     "math_easy": (
         "math",
         {"difficulty": "easy", "answer_format": "boxed"},

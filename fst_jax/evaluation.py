@@ -7,7 +7,7 @@
 * ``val/mean@k_seed_context``: the same under the run's seed context at every evaluation, so the
   start and end of a run are compared under one fixed context (the best context changes as GEPA
   evolves it; in mode rl the two are the same rollouts).
-* ``…_se``: the standard error of each score over validation problems (the k samples of a
+* ``val/mean@k…_se``: the standard error of each score over validation problems (the k samples of a
   problem are averaged first, so correlated samples are not counted as independent), and
   ``val/per_example@k…``: the per-problem scores themselves (lists, in metrics.jsonl and the
   checkpointed first/last evaluation) for paired start-vs-end differences (`paired_delta`).
@@ -99,7 +99,7 @@ def paired_delta(start: Sequence[float], end: Sequence[float]) -> tuple[float, f
 
 def _score(m: dict[str, Any], key: str, r: MeanAtK) -> None:
     m[key] = r.mean
-    m[key.replace("val/mean@", "val/se@", 1)] = standard_error(r.per_example)
+    m[f"{key}_se"] = standard_error(r.per_example)
     m[key.replace("val/mean@", "val/per_example@", 1)] = [round(x, 6) for x in r.per_example]
 
 

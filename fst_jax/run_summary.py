@@ -15,7 +15,7 @@ def summarize(
 ) -> dict[str, Any]:
     key = f"val/mean@{k}"
     first, last = state.first_eval, state.last_eval
-    se = lambda m, suffix="": m.get(f"val/se@{k}{suffix}")  # noqa: E731
+    se = lambda m, suffix="": m.get(f"{key}{suffix}_se")  # noqa: E731
     return {
         "workdir": str(workdir), "mode": mode, "steps": state.step, "cycles": state.cycle,
         "wall_s": round(wall_s, 1), "val_start": first.get(key), "val_end": last.get(key),

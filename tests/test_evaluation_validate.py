@@ -82,7 +82,7 @@ def test_validate_layout_means_and_quadrants():
     # Slot 1 (odd): odd rows succeed; per problem (4 rows, starting at an even row) 2 of 4.
     assert m["val/mean@4_seed_context"] == 0.5
     assert m["val/per_example@4_seed_context"] == [0.5, 0.5, 0.5]
-    assert m["val/se@4_seed_context"] == 0.0
+    assert m["val/mean@4_seed_context_se"] == 0.0
     assert m["val/quadrant/base_w/seed_p"] == 0.0 and m["val/quadrant/base_w/trained_p"] == 0.0
     assert (
         m["val/quadrant/trained_w/seed_p"] == 0.5 and m["val/quadrant/trained_w/trained_p"] == 0.5
@@ -119,7 +119,7 @@ def test_standard_errors_are_over_problems_and_seed_context_reuses_best():
     assert sampler.calls == 2  # best == seed: no third sampling pass
     assert m["val/per_example@4"] == rates == m["val/per_example@4_seed_context"]
     want = statistics.stdev(rates) / len(rates) ** 0.5  # independent formula
-    assert m["val/se@4"] == pytest.approx(want) == m["val/se@4_seed_context"]
+    assert m["val/mean@4_se"] == pytest.approx(want) == m["val/mean@4_seed_context_se"]
     assert m["val/mean@4"] == pytest.approx(statistics.mean(rates))
     assert _validate(PerProblemSampler(rates), "best", "seed", len(rates)) is not None
     assert evaluation.standard_error([0.3]) == 0.0
@@ -142,7 +142,7 @@ def test_paired_delta_and_summary_verdicts():
     def summary(a, b):
         rs = RunState.__new__(RunState)
         ev = lambda x: {  # noqa: E731
-            "val/mean@4_seed_context": sum(x) / len(x), "val/se@4_seed_context": 0.01,
+            "val/mean@4_seed_context": sum(x) / len(x), "val/mean@4_seed_context_se": 0.01,
             "val/per_example@4_seed_context": x, "val/num_examples": len(x),
         }  # fmt: skip
         rs.first_eval, rs.last_eval = ev(a), ev(b)
