@@ -23,7 +23,7 @@ def write_run(path, mode, seed, val, kl=None, no_ctx=None, train=None, quadrants
         recs.append({"step": step, "train/loss": 0.1, "rollout/reward_mean": reward,
                      "rollout/dropped_groups": dropped, "rollout/num_groups": 2})  # fmt: skip
     for i, (step, v) in enumerate(val):
-        r = {"step": step, "val/mean@4": v, "val/num_examples": N,
+        r = {"step": step, "val/mean@4": v, "val/num_examples": N, "val/mean@4_se": 0.01,
              "val/mean@4_no_context": (no_ctx or [0.0] * len(val))[i]}  # fmt: skip
         if kl is not None:
             r["val/kl_to_base"] = kl[i]
@@ -75,6 +75,11 @@ def test_combined_se_oracle():
     samp = (0.2 * 0.8 / 64 + 0.4 * 0.6 / 64) / 2 / 2
     assert study.combined_se(v, n) == pytest.approx(math.sqrt(seeds**2 + samp))
     assert study.combined_se([0.0, 0.0], n) == 0.0
+    # A run's logged SE over problems replaces the bound; KL (not in [0, 1]) uses seeds only.
+    assert study.combined_se(v, n, [0.05, None]) == pytest.approx(
+        math.sqrt(seeds**2 + (0.05**2 + 0.4 * 0.6 / 64) / 2 / 2)
+    )
+    assert study.combined_se([3.0, 5.0], n, bounded=False) == pytest.approx(1.0)
     assert study.verdict(0.3, 0.1) == ("reproduced", True)
     assert study.verdict(-0.3, 0.1) == ("not reproduced", False)
     assert study.verdict(0.15, 0.1)[0] == "inconclusive (within 2 SE)"
@@ -88,11 +93,12 @@ def test_fst_faster_and_left_of_rl_is_reproduced(tmp_path):
     c = agg["claims"]["steps_to_rl_peak/fst_rule"]
     assert (c["ref_peak"], c["ref_steps_to_peak"], c["steps_to_ref_peak"]) == (0.5, 4, 2)
     assert c["speedup"] == 2.0
-    se = math.hypot(study.combined_se([0.9, 0.9], [N, N]), study.combined_se([0.5, 0.5], [N, N]))
+    se = math.hypot(0.01 / math.sqrt(2), 0.01 / math.sqrt(2))  # logged SEs, seeds agree
     assert c["diff_at_rl_peak_step"] == pytest.approx(0.4) and c["se"] == pytest.approx(se)
     assert c["verdict"] == "reproduced"
     k = agg["claims"]["kl_left_of_rl/fst_rule"]
     assert k["kl_diff"] == pytest.approx(-0.08) and k["verdict"] == "reproduced"
+    assert k["kl_se"] == 0.0  # seeds agree and KL has no sampling SE
     s = agg["claims"]["star_escape/star_fst_rule"]
     assert s["fst_steps"] == [3, 3] and s["rl_steps"] == [None, None]
     assert s["verdict"] == "reproduced"
@@ -106,7 +112,7 @@ def test_fst_faster_and_left_of_rl_is_reproduced(tmp_path):
     text = (tmp_path / "README.md").read_text()
     for needle in (study.pm(0.45, qd["end_se"]), study.pm(0.25, nc["end_se"]),
                    "`steps_to_rl_peak/fst_rule`: reproduced", "abc", "not the paper's",
-                   "| star_fst_rule | 0 | 0.000 ± 0.000 | 3 | 4 | 0.875 |", "| rl | 1 | 6 | 14 | 900 |"):  # fmt: skip
+                   "| star_fst_rule | 0 | 0.000 ± 0.007 | 3 | 4 | 0.875 |", "| rl | 1 | 6 | 14 | 900 |"):  # fmt: skip
         assert needle in text, needle
     for png in study.FIGURES.values():
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"

@@ -7,10 +7,11 @@ workdir per seed, plus the command and commit). Everything here reads those work
 (wall time, peak RSS).
 
 Standard errors. A run's evaluation is one number (``val/mean@k`` over n problems × k samples),
-so a group's SE combines the spread over seeds with each run's sampling error, bounded from above
-(conservative) by the Bernoulli bound: a problem's mean@k lies in [0, 1], so its variance is at
-most p(1 - p) and the SE of a run's mean at most sqrt(p(1 - p) / n). Hence
-``SE = sqrt(SE_seeds² + mean_seeds(p(1-p)/n) / n_seeds)``. A difference is called only when it
+so a group's SE combines the spread over seeds with each run's sampling error: the SE over
+problems the run logged (``val/mean@k_se``), or for runs without it the Bernoulli bound (a
+problem's mean@k lies in [0, 1], so its variance is at most p(1 - p) and a run's SE at most
+sqrt(p(1 - p) / n)). Hence ``SE = sqrt(SE_seeds² + mean_seeds(SE_run²) / n_seeds)``. KL has no
+sampling SE logged: its SE is over seeds only. A difference is called only when it
 exceeds 2 SE of the difference; otherwise the verdict is "inconclusive (within 2 SE)".
 """
 
@@ -47,16 +48,26 @@ def pm(mean: float, se: float) -> str:
     return f"{mean:.3f} ± {se:.3f}"
 
 
-def combined_se(values: Sequence[float], n_problems: Sequence[float]) -> float:
-    """SE of the seed-mean of per-run rewards (see the module docstring)."""
+def combined_se(
+    values: Sequence[float],
+    n_problems: Sequence[float],
+    run_se: Sequence[float | None] = (),
+    bounded: bool = True,
+) -> float:
+    """SE of the seed-mean of per-run rewards (see the module docstring). `run_se[i]`: run i's
+    own sampling SE when it logged one (``val/mean@k_se``); else the Bernoulli bound."""
     v = np.asarray(values, np.float64)
     if len(v) == 0:
         return float("nan")
     seeds = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    if not bounded:  # not a reward in [0, 1] (KL): the spread over seeds only
+        return seeds
     n = np.maximum(np.asarray(n_problems, np.float64), 1.0)
     p = np.clip(v, 0.0, 1.0)
-    sampling = float(np.mean(p * (1 - p) / n) / len(v))
-    return math.sqrt(seeds**2 + sampling)
+    var = p * (1 - p) / n
+    logged = list(run_se) + [None] * (len(v) - len(run_se))
+    var = np.asarray([var[i] if s is None else float(s) ** 2 for i, s in enumerate(logged)])
+    return math.sqrt(seeds**2 + float(np.mean(var)) / len(v))
 
 
 def verdict(
@@ -106,14 +117,16 @@ def final_stats(runs: Sequence[Run], key: str, k: int) -> dict[str, float]:
     """Seed-mean ± SE of ``key`` at each run's last evaluation (and at its first, ``start``)."""
     out: dict[str, float] = {}
     for where, pick in (("end", -1), ("start", 0)):
-        vals, ns = [], []
+        vals, ns, ses = [], [], []
         for r in runs:
             rows = [x for x in _eval_rows(r, k) if key in x]
             if rows:
                 vals.append(float(rows[pick][key]))
                 ns.append(float(rows[pick].get("val/num_examples", 1)))
+                ses.append(rows[pick].get(f"{key}_se"))
         out[where] = float(np.mean(vals)) if vals else float("nan")
-        out[f"{where}_se"] = combined_se(vals, ns) if vals else float("nan")
+        bounded = key.startswith(("val/mean@", "val/quadrant/"))
+        out[f"{where}_se"] = combined_se(vals, ns, ses, bounded) if vals else float("nan")
         out[f"{where}_n"] = len(vals)
         out[f"{where}_problems"] = int(np.mean(ns)) if ns else 0
     return out
@@ -125,13 +138,15 @@ def curve(runs: Sequence[Run], key: str, k: int) -> dict[str, list[float]]:
     st = seed_stats([(np.asarray(s, np.float64), v) for s, v in per if len(s)])
     ses = []
     for x in st["x"]:
-        vals, ns = [], []
+        vals, ns, run_se = [], [], []
         for r in runs:
             rows = [row for row in r.records if row.get("step") == x and key in row]
             if rows:
                 vals.append(float(rows[-1][key]))
                 ns.append(float(rows[-1].get("val/num_examples", 1e9)))
-        ses.append(combined_se(vals, ns) if key.startswith("val/") else float(st["se"][len(ses)]))
+                run_se.append(rows[-1].get(f"{key}_se"))
+        bounded = key.startswith("val/mean@")  # a reward in [0, 1]: sampling error counts
+        ses.append(combined_se(vals, ns, run_se, bounded))
     return {"step": st["x"].tolist(), "mean": st["mean"].tolist(), "se": ses,
             "n": st["n"].tolist()}  # fmt: skip
 
@@ -143,11 +158,11 @@ def first_non_flat(run: Run) -> dict[str, Any]:
     hit = np.nonzero(frac < 1.0)[0]
     rs, rew = run.series(metrics.REWARD_MEAN)
     if not len(hit):
-        return {"step": None, "reward_after": float("nan"), "steps": int(len(s))}
+        return {"step": None, "reward_after": float("nan"), "steps": len(s)}
     step = float(s[hit[0]])
     after = rew[rs >= step]
     return {"step": int(step), "reward_after": float(np.mean(after)) if len(after) else float("nan"),
-            "steps": int(len(s))}  # fmt: skip
+            "steps": len(s)}  # fmt: skip
 
 
 def aggregate(study_dir: str | os.PathLike) -> dict[str, Any]:
@@ -305,8 +320,10 @@ def readme(agg: Mapping[str, Any]) -> str:
          f"Command: `{agg.get('command')}`  ", f"Commit: `{agg.get('commit')}`  ",
          f"Seeds: {agg.get('seeds')}; base config `{agg.get('base_config')}`; init_from "
          f"`{agg.get('init_from') or '-'}`; overrides `{agg.get('overrides') or []}`", "",
-         "Every figure is mean ± SE over seeds, SE combining the seed spread with the Bernoulli "
-         "bound on each evaluation's sampling error (`fst_jax/analysis/study.py`).", "",
+         "Every figure is mean ± SE over seeds; a reward's SE combines the seed spread with each "
+         "evaluation's SE over problems (logged `val/mean@k_se`, else the Bernoulli bound); "
+         "KL's SE is over seeds only (`fst_jax/analysis/study.py`). Train-reward curves: SE "
+         "over seeds.", "",
          "## Verdicts", ""]  # fmt: skip
     for name, c in agg["claims"].items():
         L.append(f"- `{name}`: {c['verdict']}")
