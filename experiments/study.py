@@ -16,7 +16,8 @@ Arms (``--arms``, comma-separated; default all):
   fst_rule_reuse     mode=fst, rule, --config.rl.reuse_gepa_rollouts=cycle (skipped with a note
                      when the config has no such key)
   star_rl, star_fst_rule, star_fst_local, star_gepa_rule
-                     the same on task star_graph (``--star_size``; sized so the base reward is 0)
+                     the same on task star_graph (``--star_size``; sized so the base reward is 0;
+                     ``--override`` flags on ``--config.task.*`` are not passed to these)
 
 Resumable: an (arm, seed) whose ``resources.json`` records a clean exit is skipped; an
 interrupted one is rerun in the same workdir, so `fst-train` resumes from its checkpoints. A
@@ -175,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 cmd.append(f"--config.gepa.reflection_lm={lm}")
             if a.init_from:
                 cmd.append(f"--config.init_from={Path(a.init_from).resolve()}")
-            cmd += [*extra, *a.override, *(a.star_override if kind == "star" else [])]
+            common = a.override
+            if kind == "star":  # the star arms' task is star_graph whatever --override says
+                common = [f for f in a.override if not f.startswith("--config.task.")]
+            cmd += [*extra, *common, *(a.star_override if kind == "star" else [])]
             print(f"study: {arm} seed {seed} ...", flush=True)
             res = run_one(cmd, wd, wd.parent / f"seed{seed}.log")
             print(f"study: {arm} seed {seed} rc={res['rc']} {res['wall_s']} s "

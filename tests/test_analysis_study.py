@@ -145,3 +145,10 @@ def test_missing_runs_are_left_out(tmp_path):
     (tmp_path / study.MANIFEST).write_text(json.dumps(m))
     agg = study.aggregate(tmp_path)
     assert "gepa_rule" not in agg["arms"] and set(agg["arms"]) >= {"rl", "fst_rule"}
+
+
+def test_rl_without_progress_has_no_peak_to_reach(tmp_path):
+    rl = [[0.5, 0.3, 0.2, 0.2], [0.5, 0.3, 0.2, 0.2]]
+    fst = [[0.5, 0.9, 0.9, 0.9], [0.5, 0.9, 0.9, 0.9]]
+    c = study.aggregate(make_study(tmp_path, fst, rl))["claims"]["steps_to_rl_peak/fst_rule"]
+    assert c["ref_steps_to_peak"] == 0 and c["verdict"].startswith("inconclusive (RL never")

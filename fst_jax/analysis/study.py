@@ -218,7 +218,9 @@ def claims(arms: Mapping[str, Any]) -> dict[str, Any]:
         diff = b["mean"][fi] - a["mean"][ri]
         se = math.hypot(b["se"][fi], a["se"][ri])
         text, _ = verdict(diff, se)
-        if text == "reproduced" and not (sp["steps_to_ref_peak"] < at):
+        if at <= a["step"][0]:
+            text = "inconclusive (RL never improved on its first evaluation: no peak to reach)"
+        elif text == "reproduced" and not (sp["steps_to_ref_peak"] < at):
             text = "inconclusive (FST ahead at RL's peak step but did not reach the peak earlier)"
         if text == "not reproduced":
             text += (f": at step {int(at)} (RL's peak) FST's reward {pm(b['mean'][fi], b['se'][fi])}"
