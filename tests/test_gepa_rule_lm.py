@@ -84,6 +84,11 @@ def test_swaps_its_own_example_instead_of_growing():
     second = propose(render_meta_prompt(first, math_records("D")))
     assert second.count(EXAMPLE_HEADER) == 1 and "GD" in second and "GC" not in second
     assert second.count("Put the final answer within") == 1  # rule kept, not repeated
+    # A word that merely ends in the rule's first word does not state the rule.
+    out = propose(
+        render_meta_prompt("Output the final answer within \\boxed{}.", math_records("F"))
+    )
+    assert "Put the final answer within \\boxed{}." in out
 
 
 def test_nothing_to_add_is_a_counted_skip():

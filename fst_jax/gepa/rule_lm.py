@@ -145,7 +145,10 @@ def propose(prompt: str, attempt: int = 0) -> str:
     req = parse_request(prompt)
     base = req.current.split(f"\n\n{EXAMPLE_HEADER}\n")[0].rstrip()
     rule = format_rule([r.feedback for r in req.records])
-    add_rule = rule is not None and rule.lower() not in base.lower()
+    # Already stated (as a whole phrase: "output the answer" does not contain "put the answer").
+    add_rule = rule is not None and not re.search(
+        r"(?<![a-z])" + re.escape(rule.lower().rstrip(".")), base.lower()
+    )
     usable = []
     for r in req.records:
         ans = revealed_answer(r.feedback)
