@@ -24,7 +24,8 @@ def write_run(path, mode, seed, val, kl=None, no_ctx=None, train=None, quadrants
                      "rollout/dropped_groups": dropped, "rollout/num_groups": 2})  # fmt: skip
     for i, (step, v) in enumerate(val):
         r = {"step": step, "val/mean@4": v, "val/num_examples": N, "val/mean@4_se": 0.01,
-             "val/mean@4_no_context": (no_ctx or [0.0] * len(val))[i]}  # fmt: skip
+             "val/mean@4_no_context": (no_ctx or [0.0] * len(val))[i],
+             "val/mean@4_seed_context": v * 0.8, "val/mean@4_seed_context_se": 0.02}  # fmt: skip
         if kl is not None:
             r["val/kl_to_base"] = kl[i]
         if quadrants and i == len(val) - 1:
@@ -107,10 +108,18 @@ def test_fst_faster_and_left_of_rl_is_reproduced(tmp_path):
     # Quadrants: seed-mean of (x, x + 0.1) at the last evaluation.
     qd = agg["arms"]["fst_rule"]["quadrants"]["trained_w/trained_p"]
     assert qd["end"] == pytest.approx(0.45) and qd["end_n"] == 2
+    # Quadrant SEs: the trained-weights cells use the SEs logged for the same rollouts.
+    qs = agg["arms"]["fst_rule"]["quadrants"]["trained_w/seed_p"]
+    assert qs["end_se"] == pytest.approx(study.combined_se([0.3, 0.4], [N, N], [0.02, 0.02]))
+    qb = agg["arms"]["fst_rule"]["quadrants"]["base_w/seed_p"]
+    assert qb["end_se"] == pytest.approx(study.combined_se([0.1, 0.2], [N, N]))
+    sc = agg["arms"]["fst_rule"]["val_seed_context"]
+    assert sc["end"] == pytest.approx(0.72) and sc["start"] == pytest.approx(0.08)
     nc = agg["arms"]["rl"]["val_no_context"]
     assert nc["end"] == pytest.approx(0.25) and nc["start"] == pytest.approx(0.05)
     text = (tmp_path / "README.md").read_text()
     for needle in (study.pm(0.45, qd["end_se"]), study.pm(0.25, nc["end_se"]),
+                   study.pm(0.72, sc["end_se"]), "Total: 8 runs, 1.7 min of run wall time; largest peak RSS 900 MB.",
                    "`steps_to_rl_peak/fst_rule`: reproduced", "abc", "not the paper's",
                    "| star_fst_rule | 0 | 0.000 ± 0.007 | 3 | 4 | 0.875 |", "| rl | 1 | 6 | 14 | 900 |"):  # fmt: skip
         assert needle in text, needle

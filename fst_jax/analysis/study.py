@@ -34,6 +34,8 @@ from fst_jax.analysis.runs import FLAT_FRACTION, Run, load_run, seed_stats
 MANIFEST = "study.json"
 RESOURCES = "resources.json"
 QUADRANTS = ("base_w/seed_p", "base_w/trained_p", "trained_w/seed_p", "trained_w/trained_p")
+# Quadrant cells that are also scored on their own (same rollouts), so their SE is logged.
+QUADRANT_SE = {"trained_w/trained_p": "{}_se", "trained_w/seed_p": "{}_seed_context_se"}
 FIGURES = {"reward": "reward_vs_step.png", "kl": "kl_vs_reward.png"}
 
 
@@ -113,8 +115,11 @@ def _eval_rows(run: Run, k: int) -> list[dict[str, Any]]:
     return [r for r in run.records if _val(k) in r]
 
 
-def final_stats(runs: Sequence[Run], key: str, k: int) -> dict[str, float]:
-    """Seed-mean ± SE of ``key`` at each run's last evaluation (and at its first, ``start``)."""
+def final_stats(
+    runs: Sequence[Run], key: str, k: int, se_key: str | None = None
+) -> dict[str, float]:
+    """Seed-mean ± SE of ``key`` at each run's last evaluation (and at its first, ``start``);
+    ``se_key``: where the run logged the sampling SE of ``key`` (default ``<key>_se``)."""
     out: dict[str, float] = {}
     for where, pick in (("end", -1), ("start", 0)):
         vals, ns, ses = [], [], []
@@ -123,7 +128,7 @@ def final_stats(runs: Sequence[Run], key: str, k: int) -> dict[str, float]:
             if rows:
                 vals.append(float(rows[pick][key]))
                 ns.append(float(rows[pick].get("val/num_examples", 1)))
-                ses.append(rows[pick].get(f"{key}_se"))
+                ses.append(rows[pick].get(se_key or f"{key}_se"))
         out[where] = float(np.mean(vals)) if vals else float("nan")
         bounded = key.startswith(("val/mean@", "val/quadrant/"))
         out[f"{where}_se"] = combined_se(vals, ns, ses, bounded) if vals else float("nan")
@@ -182,7 +187,9 @@ def aggregate(study_dir: str | os.PathLike) -> dict[str, Any]:
             "val": final_stats(rs, vk, k),
             "val_no_context": final_stats(rs, f"{vk}_no_context", k),
             "kl": final_stats(rs, metrics.VAL_KL_TO_BASE, k),
-            "quadrants": {q: final_stats(rs, f"val/quadrant/{q}", k) for q in QUADRANTS},
+            "val_seed_context": final_stats(rs, f"{vk}_seed_context", k),
+            "quadrants": {q: final_stats(rs, f"val/quadrant/{q}", k, QUADRANT_SE.get(q, "").format(vk))
+                          for q in QUADRANTS},
             "curve": curve(rs, vk, k),
             "train_curve": curve(rs, metrics.REWARD_MEAN, k),
             "kl_curve": curve(rs, metrics.VAL_KL_TO_BASE, k),
@@ -333,12 +340,16 @@ def readme(agg: Mapping[str, Any]) -> str:
         L.append("- no claim could be evaluated (missing arms)")
     L += ["", f"![reward vs step]({FIGURES['reward']}) ![KL vs reward]({FIGURES['kl']})", "",
           "## Reward with and without context, KL (first and last evaluation)", "",
-          "| arm | seeds | problems × k | val start | val end | no-context start | "
-          "no-context end | KL end |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+          "val = the best exported context; seed context = the run's fixed seed context (the "
+          "same context at start and end); no context = no system context.", "",
+          "| arm | seeds | problems × k | val start | val end | seed context start | "
+          "seed context end | no-context start | no-context end | KL end |",
+          "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for a, v in main.items():
-        s, n, kl = v["val"], v["val_no_context"], v["kl"]
+        s, n, kl, sc = v["val"], v["val_no_context"], v["kl"], v["val_seed_context"]
         L.append(f"| {a} | {len(v['seeds'])} | {s['end_problems']} × {k} | "
                  f"{pm(s['start'], s['start_se'])} | {pm(s['end'], s['end_se'])} | "
+                 f"{pm(sc['start'], sc['start_se'])} | {pm(sc['end'], sc['end_se'])} | "
                  f"{pm(n['start'], n['start_se'])} | {pm(n['end'], n['end_se'])} | "
                  f"{pm(kl['end'], kl['end_se'])} |")  # fmt: skip
     L += ["", "## Steps for FST to reach RL's peak", "",
@@ -385,6 +396,10 @@ def readme(agg: Mapping[str, Any]) -> str:
             w = v["wall_s"][i]
             L.append(f"| {a} | {seed} | {v['steps'][i]} | {'n/a' if w is None else f'{w:.0f}'} | "
                      f"{_mb(v['peak_rss_mb'][i])} |")  # fmt: skip
+    walls = [w for v in arms.values() for w in v["wall_s"] if w is not None]
+    rss = [x for v in arms.values() for x in v["peak_rss_mb"] if x is not None]
+    L += ["", f"Total: {len(walls)} runs, {sum(walls) / 60:.1f} min of run wall time; largest "
+          f"peak RSS {_mb(max(rss) if rss else None)} MB."]  # fmt: skip
     return "\n".join(L) + "\n"
 
 
