@@ -107,7 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.gepa.max_rollout_chars = 4000  # per example in the reflective dataset
     c.gepa.max_consecutive_skips = 8  # end a round after this many unusable reflections (0 = off)
     c.gepa.edit = "incremental"  # incremental | rewrite
-    c.gepa.reflection_lm = "openai"  # local | openai
+    # local | openai | rule (a deterministic stand-in for a strong reflector: gepa/rule_lm.py)
+    c.gepa.reflection_lm = "openai"
     c.gepa.reflection_model = "gpt-5.2"
     c.gepa.reflection_base_url = ""
     c.gepa.reflection_api_key_env = "OPENAI_API_KEY"

@@ -1,7 +1,7 @@
 """Reflective mutation: the meta-prompt, reply extraction, reflection-LM backends and their registry.
 
 A reflection LM turns (current context, examples with rollouts and verifier feedback) into an
-edited context. Backends are chosen by name (`openai`, `local`). The `Reflector` owns the policy
+edited context. Backends are chosen by name (`openai`, `local`, `rule`). The `Reflector` owns the policy
 around a backend: a request-keyed reply cache kept in the population state (a resumed run never
 pays twice; bounded in entries and characters per entry), content checks (empty / unfenced /
 truncated / over-long / identical replies are retried with a corrective follow-up, then the
@@ -182,6 +182,15 @@ def _make_local(
             f"...) (got {sorted(sampler_kwargs)})"
         )
     return LocalReflectionLM(generate, name=name)
+
+
+@register_reflection_lm("rule")
+def _make_rule(**kwargs: Any) -> ReflectionLM:
+    """Deterministic rule-based stand-in for a strong reflector (`rule_lm`): format rule + one
+    worked example, both copied from the request's feedback. Never the paper's setting."""
+    from fst_jax.gepa.rule_lm import RuleReflectionLM
+
+    return RuleReflectionLM(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

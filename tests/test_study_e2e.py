@@ -1,0 +1,80 @@
+"""The whole study command at a tiny size: every output exists, the README's numbers are the runs'
+numbers (recomputed here from the raw metrics.jsonl), and a rerun resumes without training."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fst_subprocess import BOOT, REPO, tiny_flags
+
+from fst_jax.analysis import study
+
+ARMS = ["rl", "fst_rule", "gepa_rule", "star_rl", "star_fst_rule"]
+
+
+def run_study(out):
+    cmd = [sys.executable, str(REPO / "experiments/study.py"), f"--out={out}", "--seeds=0,1",
+           f"--arms={','.join(ARMS)},fst_rule_reuse", "--star_size=tiny",
+           f"--fst_train={shlex.join([sys.executable, '-c', BOOT])}",
+           *(f"--override={f}" for f in tiny_flags(2)),
+           "--star_override=--config.sampling.max_new_tokens=8"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+
+
+def records(path):
+    return [json.loads(x) for x in open(path, encoding="utf-8") if x.strip()]
+
+
+@pytest.mark.slow
+def test_study_command_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    p = run_study(out)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    manifest = json.loads((out / study.MANIFEST).read_text())
+    assert list(manifest["arms"]) == ARMS  # fst_rule_reuse skipped when the key is absent...
+    reuse = "reuse_gepa_rollouts" in p.stdout
+    assert reuse  # ... and the skip is said, never silent
+    for name in ("README.md", "results.json", *study.FIGURES.values()):
+        assert (out / name).stat().st_size > 0, name
+    for png in study.FIGURES.values():
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme = (out / "README.md").read_text()
+    agg = json.loads((out / "results.json").read_text())
+    assert set(agg["arms"]) == set(ARMS)
+    for arm in ARMS:
+        for seed in (0, 1):
+            wd = out / "runs" / arm / f"seed{seed}"
+            res = json.loads((wd / study.RESOURCES).read_text())
+            assert res["rc"] == 0 and res["peak_rss_mb"] > 100 and res["wall_s"] > 0
+            assert not (wd / "checkpoints").exists()  # dropped after a clean finish
+            assert f"| {arm} | {seed} | " in readme
+        # Independent oracle: the seed-mean of each run's last val/mean@4 from the raw JSONL.
+        last = [[r for r in records(out / "runs" / arm / f"seed{s}" / "metrics.jsonl")
+                 if "val/mean@4" in r][-1] for s in (0, 1)]  # fmt: skip
+        mean = float(np.mean([r["val/mean@4"] for r in last]))
+        assert agg["arms"][arm]["val"]["end"] == pytest.approx(mean)
+        if agg["arms"][arm]["kind"] == "main":
+            row = next(ln for ln in readme.splitlines() if ln.startswith(f"| {arm} | 2 | "))
+            assert study.pm(mean, agg["arms"][arm]["val"]["end_se"]) in row
+        wall = json.loads((out / "runs" / arm / "seed1" / study.RESOURCES).read_text())["wall_s"]
+        assert f"| {arm} | 1 | " in readme and f"| {wall:.0f} |" in readme
+    for name, c in agg["claims"].items():
+        assert f"- `{name}`: {c['verdict']}" in readme
+    assert {"steps_to_rl_peak/fst_rule", "kl_left_of_rl/fst_rule", "star_escape/star_fst_rule"} <= set(agg["claims"])  # fmt: skip
+    # Star graph: the tiny random model never solves it, so its first evaluation is 0.
+    assert agg["arms"]["star_rl"]["val"]["start"] == 0.0
+    assert "Worked example:" in (out / "runs/fst_rule/seed0/gepa_log.jsonl").read_text() or (
+        "lm_nothing_to_add" in (out / "runs/fst_rule/seed0/metrics.jsonl").read_text()
+    )
+    # Rerun: every run is skipped, the README is rebuilt from the same files, identically.
+    before = readme
+    p = run_study(out)
+    assert p.returncode == 0 and p.stdout.count("finished earlier; skipped") == 2 * len(ARMS)
+    assert (out / "README.md").read_text() == before
