@@ -17,8 +17,9 @@
   per-token KL is averaged over their tokens (``k1``/``k3`` Monte-Carlo estimates logged too).
   π_base is always the run's original base model, also in a plasticity run (``init_from``);
   there ``val/kl_to_init`` adds the KL to the loaded starting weights.
-* Quadrants (paper P-v2 ``indist_quadrants``): {base, trained} weights × {seed, trained}
-  context, mean@k each.
+* Quadrants (paper P-v2 ``indist_quadrants``): {start, trained} weights × {seed, trained}
+  context, mean@k each (start = the base model, or the ``init_from`` weights the run began with;
+  the keys keep the name ``base_w``).
 * Task streams (continual learning, paper Fig. 6): every task of the stream is evaluated at
   every evaluation under ``val/<task>/…`` with its own running max (`task_prefixed`);
   ``val/mean@k`` is then the mean over the stream's tasks, so it keeps one meaning across switches.
@@ -206,11 +207,13 @@ def validate(
             kl_init = kl_to_base(measure_kl, params, init_params, first, n_kl, row_multiple)
             m[KL_INIT_KEY] = kl_init[KL_KEY]
     if quadrants:
-        # base weights × {seed, trained} context; trained weights' cells are the runs above,
-        # except trained weights × seed context.
+        # start weights × {seed, trained} context; trained weights' cells are the runs above.
+        # "Base" weights are the ones this run started from: the base model, or the warm start
+        # / earlier run it was initialised from (init_from).
+        start = base_params if init_params is None else init_params
         qs = {
-            "base_w/seed_p": mean_at_k(sampler, base_params, bank, 1, examples, task, k, k_qb, sampling),
-            "base_w/trained_p": mean_at_k(sampler, base_params, bank, 0, examples, task, k, k_qb, sampling),
+            "base_w/seed_p": mean_at_k(sampler, start, bank, 1, examples, task, k, k_qb, sampling),
+            "base_w/trained_p": mean_at_k(sampler, start, bank, 0, examples, task, k, k_qb, sampling),
             "trained_w/seed_p": seed,
             "trained_w/trained_p": best,
         }  # fmt: skip

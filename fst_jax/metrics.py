@@ -40,6 +40,7 @@ REWARD_MEAN = "rollout/reward_mean"
 VAL_MEAN = "val/mean@{k}"
 VAL_MEAN_RUNNING_MAX = "val/mean@{k}_running_max"
 VAL_KL_TO_BASE = "val/kl_to_base"
+VAL_KL_TO_INIT = "val/kl_to_init"  # runs started from another run's weights (init_from)
 # Fields that differ between two otherwise identical runs (excluded by `comparable_records`).
 WALL_CLOCK_KEYS = ("time",)
 

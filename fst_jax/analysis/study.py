@@ -177,6 +177,9 @@ def aggregate(study_dir: str | os.PathLike) -> dict[str, Any]:
     k = int(manifest.get("k", 4))
     vk = _val(k)
     arms: dict[str, Any] = {}
+    # Drift is measured from the weights the runs start from: the base model, or the warm start
+    # (init_from) whose own distance from the base model is the same constant for every arm.
+    kl_key = metrics.VAL_KL_TO_INIT if manifest.get("init_from") else metrics.VAL_KL_TO_BASE
     for arm, rs in runs.items():
         spec = manifest["arms"][arm]
         res = [_resources(study_dir, spec["workdirs"][str(r.seed)]) for r in rs]
@@ -186,18 +189,18 @@ def aggregate(study_dir: str | os.PathLike) -> dict[str, Any]:
             "steps": [max((x.get("step", 0) for x in r.records), default=0) for r in rs],
             "val": final_stats(rs, vk, k),
             "val_no_context": final_stats(rs, f"{vk}_no_context", k),
-            "kl": final_stats(rs, metrics.VAL_KL_TO_BASE, k),
+            "kl": final_stats(rs, kl_key, k),
             "val_seed_context": final_stats(rs, f"{vk}_seed_context", k),
             "quadrants": {q: final_stats(rs, f"val/quadrant/{q}", k, QUADRANT_SE.get(q, "").format(vk))
                           for q in QUADRANTS},
             "curve": curve(rs, vk, k),
             "train_curve": curve(rs, metrics.REWARD_MEAN, k),
-            "kl_curve": curve(rs, metrics.VAL_KL_TO_BASE, k),
+            "kl_curve": curve(rs, kl_key, k),
             "non_flat": [first_non_flat(r) for r in rs],
             "wall_s": [x.get("wall_s") for x in res],
             "peak_rss_mb": [x.get("peak_rss_mb") for x in res],
         }  # fmt: skip
-    out = {"k": k, "arms": arms, "claims": claims(arms)}
+    out = {"k": k, "kl_key": kl_key, "arms": arms, "claims": claims(arms)}
     for key in ("command", "commit", "seeds", "base_config", "init_from", "overrides"):
         out[key] = manifest.get(key)
     return out
