@@ -57,7 +57,8 @@ class StepRollouts:
         return roll
 
 
-def _pad_to(arrays: dict[str, np.ndarray], width: int, pad_id: int) -> dict[str, np.ndarray]:
+def pad_columns(arrays: dict[str, np.ndarray], width: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Training-layout arrays (ARRAY_FIELDS) right-padded to `width` columns as the sampler pads."""
     fills = {"tokens": pad_id, "positions": -1, "completion_mask": 0.0, "logps": 0.0}
     out = {}
     for k in ARRAY_FIELDS:
@@ -135,7 +136,7 @@ def collect_rollouts(
         if out is not None:
             fresh_arrays = {k: np.asarray(getattr(out, k)) for k in ARRAY_FIELDS[:3]}
             fresh_arrays["logps"] = np.asarray(out.raw_logps)
-            parts.append((fresh, _pad_to(fresh_arrays, width, pad_id)))
+            parts.append((fresh, pad_columns(fresh_arrays, width, pad_id)))
             rewards[fresh] = [v.reward for v in verdicts]
             lengths[fresh] = np.asarray(out.completion_lengths)
             finished[fresh] = np.asarray(out.finished)
