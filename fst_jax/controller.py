@@ -13,7 +13,9 @@ Read ``Controller.run`` top to bottom; one cycle is
      rollouts each spread over the exported contexts as evenly as possible (`spread_contexts`:
      G/K per context; counts differ by at most one when fewer than K exist; mode rl uses the seed),
      verification, group advantages over all G rollouts of a problem, ``rl.updates_per_batch``
-     jitted train steps (one per mini-batch of problems; 1 in the paper).
+     jitted train steps (one per mini-batch of problems; 1 in the paper). The batch is built by
+     `rl.collect_rollouts`; with ``rl.reuse_gepa_rollouts`` it first takes the round's stored
+     rollouts of exported contexts (`fst_jax.rl.reuse`) and samples only the rest.
   3. Evaluation (every ``eval.every_cycles`` and at start/end; every task of a stream) and a
      checkpoint.
 
@@ -353,21 +355,8 @@ class Controller:
         distributed.assert_same_across_processes(
             self.rs.population.to_json(), "the GEPA population"
         )
-        m = {f"gepa/{k}": v for k, v in report.metrics().items()}
-        m.update({
-            "gepa/pool_size": len(self.rs.population.active_ids),
-            "gepa/best_anchor_score": top[0].mean_score,
-            "gepa/exported_mean_score": float(np.mean([e.mean_score for e in top])),
-            "gepa/best_context": top[0].text,
-            "time/gepa_round_s": time.time() - t0,
-            "gepa/cycle": self.rs.cycle,
-            "gepa/overlong_rollouts": evaluate.overlong,
-            "gepa/answer_leak": leak,
-            "gepa/answer_leak_checked": checked,
-        })  # fmt: skip
-        if store is not None:
-            m["gepa/reuse_stored_rows"] = len(store)
-            m["gepa/reuse_store_dropped"] = store.dropped
+        m = evaluate.round_metrics(report, self.rs.population, top, cycle=self.rs.cycle,
+                                   leak=(leak, checked), seconds=time.time() - t0)  # fmt: skip
         self.writer.write(self.rs.step, m)
 
     def _rl_step(self, task: Any, stream: DataStream) -> None:

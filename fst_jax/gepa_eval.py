@@ -100,3 +100,24 @@ class SamplerEvaluator:
         self.on_evaluated(len(cids))
         ordered = [results[j] for j in range(len(cids))]
         return [r[0] for r in ordered], [r[1] for r in ordered], [r[2] for r in ordered]
+
+    def round_metrics(self, report: Any, population: Any, top: list, *, cycle: int,
+                      leak: tuple[float, int], seconds: float) -> dict[str, Any]:  # fmt: skip
+        """The round's ``gepa/*`` record: GEPA's report, the exported top-K, this evaluator's
+        counters (over-long contexts, stored rollouts) and the answer-leak check."""
+        m = {f"gepa/{k}": v for k, v in report.metrics().items()}
+        m.update({
+            "gepa/pool_size": len(population.active_ids),
+            "gepa/best_anchor_score": top[0].mean_score,
+            "gepa/exported_mean_score": float(np.mean([e.mean_score for e in top])),
+            "gepa/best_context": top[0].text,
+            "time/gepa_round_s": seconds,
+            "gepa/cycle": cycle,
+            "gepa/overlong_rollouts": self.overlong,
+            "gepa/answer_leak": leak[0],
+            "gepa/answer_leak_checked": leak[1],
+        })  # fmt: skip
+        if self.store is not None:
+            m["gepa/reuse_stored_rows"] = len(self.store)
+            m["gepa/reuse_store_dropped"] = self.store.dropped
+        return m
