@@ -111,7 +111,7 @@ def collect_rollouts(
                              sampling, row_ids=fresh)  # fmt: skip
         verdicts = task.verify_batch([rows[i] for i in fresh], out.texts)
     if not stored:  # nothing reused: the sampler's arrays as they are
-        arrays = {k: out.tokens if k == "tokens" else getattr(out, k) for k in ARRAY_FIELDS[:3]}
+        arrays = {k: getattr(out, k) for k in ARRAY_FIELDS[:3]}
         arrays["logps"] = out.raw_logps
         rewards = np.asarray([v.reward for v in verdicts], np.float32)
         lengths, finished = np.asarray(out.completion_lengths), np.asarray(out.finished)
@@ -122,7 +122,7 @@ def collect_rollouts(
         width = -(-longest // width_multiple) * width_multiple
         if out is not None:
             width = max(width, np.asarray(out.tokens).shape[1])
-        merged = {k: None for k in ARRAY_FIELDS}
+        merged: dict[str, np.ndarray] = {}
         rewards = np.zeros(n, np.float32)
         lengths, finished = np.zeros(n, np.int32), np.zeros(n, bool)
         reused = np.zeros(n, bool)
