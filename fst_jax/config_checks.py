@@ -366,3 +366,46 @@ def _workdir(c: Any, ctx: CheckContext) -> None:
     except OSError as e:
         raise ConfigError(f"workdir is not writable ({e.strerror})", "--workdir", str(w),
                           "choose a directory you can write to") from None  # fmt: skip
+
+
+@config_check("reuse_gepa_rollouts")
+def _reuse(c: Any, ctx: CheckContext) -> None:
+    """GEPA's rollouts can stand in for RL's only when both sample the same distribution (the
+    same policy θ_c, prompts and sampling settings) and RL samples under the exported contexts."""
+    if not has(c, "rl.reuse_gepa_rollouts"):
+        return
+    from fst_jax.rl.reuse import REUSE_MODES
+
+    require_enum(c, "rl.reuse_gepa_rollouts", REUSE_MODES, "rollout reuse mode")
+    if c.rl.reuse_gepa_rollouts == "off":
+        return
+    if c.mode != "fst":
+        why = {"fst_distill": "it samples the student without context",
+               "rl": "it runs no GEPA round", "gepa": "it trains no weights"}.get(c.mode, "")  # fmt: skip
+        raise ConfigError(f"rollout reuse needs mode fst ({why})", "rl.reuse_gepa_rollouts",
+                          c.rl.reuse_gepa_rollouts, "use --config.mode=fst or "
+                          "--config.rl.reuse_gepa_rollouts=off")  # fmt: skip
+    if c.gepa.anchors == "disjoint":
+        raise ConfigError("rollout reuse needs GEPA's anchors to be RL's next problems",
+                          "gepa.anchors", c.gepa.anchors, "use --config.gepa.anchors=lookahead or "
+                          "--config.rl.reuse_gepa_rollouts=off")  # fmt: skip
+    gepa_sp, rl_sp = sampling_settings(c, "gepa"), sampling_settings(c, "rl")
+    for field, a in gepa_sp.items():
+        if a != rl_sp[field]:
+            raise ConfigError(
+                f"rollout reuse needs GEPA's evaluation sampling {field} ({a}) to equal RL's "
+                f"({rl_sp[field]})", "rl.reuse_gepa_rollouts", c.rl.reuse_gepa_rollouts,
+                "sample both with the same settings or --config.rl.reuse_gepa_rollouts=off",
+            )  # fmt: skip
+
+
+def sampling_settings(c: Any, purpose: str) -> dict[str, Any]:
+    """The settings that fix a rollout's distribution for `purpose` ("gepa" evaluations or
+    "rl" steps). Both read ``config.sampling`` today (the controller passes one SamplingParams to
+    both); a separate GEPA sampling node would be read here, and reuse would then refuse a
+    mismatch instead of training on rollouts from another distribution."""
+    if purpose not in ("gepa", "rl"):
+        raise ValueError(f"purpose={purpose!r}; use 'gepa' or 'rl'")
+    s = c.sampling
+    return {"temperature": float(s.temperature), "top_p": float(s.top_p), "top_k": int(s.top_k),
+            "max_new_tokens": int(s.max_new_tokens)}  # fmt: skip

@@ -13,7 +13,9 @@ Read ``Controller.run`` top to bottom; one cycle is
      rollouts each spread over the exported contexts as evenly as possible (`spread_contexts`:
      G/K per context; counts differ by at most one when fewer than K exist; mode rl uses the seed),
      verification, group advantages over all G rollouts of a problem, ``rl.updates_per_batch``
-     jitted train steps (one per mini-batch of problems; 1 in the paper).
+     jitted train steps (one per mini-batch of problems; 1 in the paper). The batch is built by
+     `rl.collect_rollouts`; with ``rl.reuse_gepa_rollouts`` it first takes the round's stored
+     rollouts of exported contexts (`fst_jax.rl.reuse`) and samples only the rest.
   3. Evaluation (every ``eval.every_cycles`` and at start/end; every task of a stream) and a
      checkpoint.
 
@@ -164,6 +166,13 @@ class Controller:
             lockstep=gepa_lib.jax_lockstep() if jax.process_count() > 1 else None,
         )  # fmt: skip
         self.gepa_config = settings.gepa_config(c.gepa)
+        # Rollout reuse (fst_jax.rl.reuse): the cycle's store of GEPA rollouts, never persisted
+        # (checkpoints fall on cycle ends, where it is empty); reused rows are padded like the
+        # sampler pads (its pad token: the tokenizer's pad, else EOS).
+        self.reuse = c.rl.get("reuse_gepa_rollouts", "off")
+        self.store: rl.RolloutStore | None = None
+        t = self.tokenizer
+        self.pad_id = int(t.pad_token_id if t.pad_token_id is not None else t.eos_token_id)
         if c.mode in ("gepa", "fst", "fst_distill") and self.is_main:
             warn_gepa_budget(c.gepa)
         # Host-side run state: one object that serialises itself into the checkpoint.
@@ -265,6 +274,7 @@ class Controller:
                     self.rs.step += 1
                     continue
                 self._rl_step(task, stream)
+            self.store = None  # a cycle's GEPA rollouts train only that cycle's steps
             self.rs.positions[task_name] = stream.position
             self.rs.cycle += 1
             last = self.rs.cycle == c.num_cycles
@@ -308,12 +318,17 @@ class Controller:
                         self.config.progress, unit="rollout")  # fmt: skip
         self.sampler.phase = "gepa"
         cycle = self.rs.cycle
+        # Reuse: GEPA's whole-anchor-set rollouts are kept for this cycle's RL steps; the bound
+        # is what one round can produce (every carried context + its budget on the anchors).
+        store = None
+        if self.reuse != "off":
+            store = rl.RolloutStore(self.sampling, (carried + 1) * len(anchors) + c.budget)
         evaluate = SamplerEvaluator(
             population=self.rs.population, bank=self.bank, sampler=self.sampler, task=task,
             params=self.start_params if self.config.mode == "gepa" else self.state.params,
             examples={ex.id: ex for ex in anchors}, sampling=self.sampling,
             key_for=lambda call, lo: _fold(self.key, _TAG_GEPA, cycle, call, lo),
-            on_evaluated=bar.update,
+            on_evaluated=bar.update, store=store,
         )  # fmt: skip
         t0, lm_before = time.time(), dict(self.rs.population.counters)
         report = gepa_lib.run_round(
@@ -323,6 +338,9 @@ class Controller:
         bar.close()
         top = gepa_lib.export_top_k(self.rs.population, self.K)
         self.rs.exported = [e.text for e in top]
+        if store is not None:  # only the exported contexts' rollouts (fst_jax.rl.reuse)
+            store.keep_contexts(self.rs.exported)
+            self.store = store
         self.gepa_log.write(lineage.round_rows(
             report, self.rs.population, top, step=self.rs.step,
             acceptance=self.gepa_config.acceptance,
@@ -337,82 +355,53 @@ class Controller:
         distributed.assert_same_across_processes(
             self.rs.population.to_json(), "the GEPA population"
         )
-        m = {f"gepa/{k}": v for k, v in report.metrics().items()}
-        m.update({
-            "gepa/pool_size": len(self.rs.population.active_ids),
-            "gepa/best_anchor_score": top[0].mean_score,
-            "gepa/exported_mean_score": float(np.mean([e.mean_score for e in top])),
-            "gepa/best_context": top[0].text,
-            "time/gepa_round_s": time.time() - t0,
-            "gepa/cycle": self.rs.cycle,
-            "gepa/overlong_rollouts": evaluate.overlong,
-            "gepa/answer_leak": leak,
-            "gepa/answer_leak_checked": checked,
-        })  # fmt: skip
+        m = evaluate.round_metrics(report, self.rs.population, top, cycle=self.rs.cycle,
+                                   leak=(leak, checked), seconds=time.time() - t0)  # fmt: skip
         self.writer.write(self.rs.step, m)
 
     def _rl_step(self, task: Any, stream: DataStream) -> None:
         c, G = self.config, self.G
         t0 = time.time()
         problems = stream.take(c.rl.batch_size)
-        rows = [ex for ex in problems for _ in range(G)]
-        group_ids = np.repeat(np.arange(len(problems), dtype=np.int32), G)
         contexts = self.rs.exported[: self.K] if c.mode != "rl" else [self.rs.exported[0]]
-        ctx_slot = np.tile(spread_contexts(G, len(contexts)), len(problems)).astype(np.int32)
         bank = self.bank.with_contexts(contexts)
         distill = c.mode == "fst_distill"
-        idx = np.full_like(ctx_slot, bank.no_context) if distill else ctx_slot
-        key = _fold(self.key, _TAG_RL, self.rs.step)
         self.sampler.phase = f"rl step {self.rs.step + 1}"
-        out = self.sampler.sample(self.state.params, bank, idx, [ex.question for ex in rows], key,
-                                  self.sampling, row_ids=np.arange(len(rows), dtype=np.int32))  # fmt: skip
-        t_sample = time.time() - t0
-        verdicts = task.verify_batch(rows, out.texts)  # this process's rows, gathered
-        rewards = np.asarray([v.reward for v in verdicts], np.float32)
-        # Whole batch on every host, its all-padding column tail trimmed (RowShardedSampler);
-        # the train step's inputs become global arrays holding only each host's shards.
-        # π_old = the sampler's log-prob at the sampling temperature without top-k/top-p
-        # truncation, which is what the train step computes (RLConfig.temperature): on-policy
-        # ρ = 1 (sampling/select.py).
-        tokens, positions, mask = out.tokens, out.positions, out.completion_mask
-        roll = {"tokens": tokens, "positions": positions, "completion_mask": mask,
-                "logps": out.raw_logps}  # fmt: skip
+        # G rollouts per problem over the contexts (`spread_contexts`), reused GEPA rollouts
+        # first when rl.reuse_gepa_rollouts is on; π_old = the sampler's (or, reused, GEPA's θ_c)
+        # log-prob at the sampling temperature without top-k/top-p truncation, which is what the
+        # train step computes (RLConfig.temperature): on-policy ρ = 1 (sampling/select.py).
+        r = rl.collect_rollouts(
+            sampler=self.sampler, task=task, bank=bank, contexts=contexts, problems=problems,
+            spread=spread_contexts(G, len(contexts)), params=self.state.params,
+            key=_fold(self.key, _TAG_RL, self.rs.step), sampling=self.sampling,
+            prompt_idx=np.full(len(problems) * G, bank.no_context, np.int32) if distill else None,
+            store=self.store, pad_id=self.pad_id, width_multiple=self.sampler.trim_to,
+        )  # fmt: skip
+        if self.reuse == "first_step":
+            self.store = None  # later steps of the cycle sample everything
+        roll = r.train_inputs()
         if distill:
-            roll["teacher"] = teacher_view(bank, ctx_slot, rows, out)
+            roll["teacher"] = teacher_view(bank, r.ctx_slot, r.rows, r.sampled)
         if self.ref_logps is not None:
-            roll["ref_logps"] = np.asarray(
-                self.ref_logps(self.start_params, tokens, positions, mask)
-            )
+            roll["ref_logps"] = np.asarray(self.ref_logps(
+                self.start_params, roll["tokens"], roll["positions"], roll["completion_mask"]))  # fmt: skip
         self.state, per_update, stats = rl.update_on_rollouts(
-            self.train_step, self.state, roll, rewards, group_ids,
+            self.train_step, self.state, roll, r.rewards, r.group_ids,
             advantage=None if distill else c.rl.advantage, aggregation=c.rl.aggregation,
             group_size=G, advantage_kwargs=self.advantage_kwargs,
             max_completion_len=c.sampling.max_new_tokens,  # token_sum_norm's budget
         )  # fmt: skip
-        tm = {k: float(np.mean([u[k] for u in per_update])) for k in per_update[0]}
-        tm.update({k: per_update[-1][k] for k in ("skipped_total", "learning_rate")})
-        tm["updates"] = len(per_update)
         self.rs.step += 1
-        lengths = np.asarray(out.completion_lengths)
-        m = {f"train/{k}": v for k, v in tm.items()}
+        m = {f"train/{k}": v for k, v in rl.update_metrics(per_update).items()}
+        m.update(rl.rollout_metrics(r, len(contexts), reuse=self.reuse != "off"))
         m.update({
-            "rollout/reward_mean": float(rewards.mean()),
-            "rollout/reward_std": float(rewards.std()),
-            # verl's names: the share of responses cut at max_new_tokens is clip_ratio
-            "response_length/mean": float(lengths.mean()),
-            "response_length/max": float(lengths.max()),
-            "response_length/clip_ratio": float(1.0 - np.asarray(out.finished).mean()),
-            "rollout/num_contexts": len(contexts),
             "rollout/dropped_groups": stats["dropped_groups"],
             "rollout/num_groups": stats["num_groups"],
-            "time/sample_s": t_sample,
+            "time/sample_s": r.sample_s,
             "time/step_s": time.time() - t0,
             "data/position": stream.position,
         })  # fmt: skip
-        for j in range(len(contexts)):
-            sel = ctx_slot == j
-            m[f"rollout/reward_context_{j}"] = float(rewards[sel].mean())
-            m[f"rollout/rollouts_context_{j}"] = int(sel.sum())
         self.writer.write(self.rs.step, m)
 
     def _evaluate(self, final: bool) -> dict[str, Any]:

@@ -86,6 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: more micro-batches when a step's rows × columns exceed this many tokens per micro-batch
     # (bounds the train step's activation memory whatever batch size a run picks); 0 = off.
     c.rl.microbatch_tokens = 0
+    # Train on GEPA's evaluation rollouts (mode fst): off | first_step (the cycle's first RL step,
+    # exactly on-policy) | cycle (every step of the cycle; CISPO's weight corrects the lag). Only
+    # rollouts of exported contexts from whole-anchor-set evaluations are reused; the rest of
+    # each problem's G rollouts are sampled (README "Rollout reuse").
+    c.rl.reuse_gepa_rollouts = "off"
 
     c.gepa = ml_collections.ConfigDict()
     c.gepa.k = 4  # contexts exported to the bank per cycle (K); G/K rollouts each

@@ -3,6 +3,9 @@
 advantages  group-relative advantages (registry: grpo, dr_grpo, rloo), flat-group dropping,
             aggregation row weights
 batch       `RLBatch` (training layout + advantages + weights) and `make_batch`
+collect     one RL step's rollouts: problems × G rows over the exported contexts, sampled or
+            reused from GEPA's evaluations (`collect_rollouts`); its metrics
+reuse       the per-cycle store of GEPA's evaluation rollouts (rl.reuse_gepa_rollouts)
 losses      per-token losses (registry: cispo, grpo, dr_grpo, gspo, fst_distill, sft)
 kl          k1/k2/k3 estimators and the jitted `measure_kl` monitor
 logprobs    chunked vocab projection: log-probs, entropy, full-vocab KL
@@ -20,9 +23,11 @@ from fst_jax.rl.advantages import (
     row_weights,
 )
 from fst_jax.rl.batch import RLBatch, make_batch, validate_batch
+from fst_jax.rl.collect import StepRollouts, collect_rollouts, rollout_metrics, update_metrics
 from fst_jax.rl.kl import kl_estimate, make_measure_kl
 from fst_jax.rl.logprobs import logps_from_hidden, token_logps
 from fst_jax.rl.losses import LossConfig, get_loss, list_losses, register_loss
+from fst_jax.rl.reuse import REUSE_MODES, RolloutStore, StoredRollout
 from fst_jax.rl.train_step import (
     RLConfig,
     TrainState,
@@ -36,12 +41,17 @@ from fst_jax.rl.train_step import (
 
 __all__ = [
     "AGGREGATIONS",
+    "REUSE_MODES",
     "Advantages",
     "LossConfig",
     "RLBatch",
     "RLConfig",
+    "RolloutStore",
+    "StepRollouts",
+    "StoredRollout",
     "TrainState",
     "TrainStep",
+    "collect_rollouts",
     "compute_advantages",
     "get_advantage",
     "get_loss",
@@ -57,8 +67,10 @@ __all__ = [
     "make_train_step",
     "register_advantage",
     "register_loss",
+    "rollout_metrics",
     "row_weights",
     "token_logps",
+    "update_metrics",
     "update_on_rollouts",
     "validate_batch",
 ]

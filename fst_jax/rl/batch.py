@@ -35,6 +35,8 @@ class RLBatch:
     group_ids        int32[B]     problem index (G rows per problem)
     teacher_*        optional second view for `fst_distill`: the same completions after a
                      longer prompt (with the context φ); teacher index = student index + offset.
+    reused           optional f32[B]: 1 = a GEPA rollout reused (`fst_jax.rl.reuse`); only
+                     monitored (mean importance weight of reused vs fresh rows), never in the loss.
     """
 
     tokens: jax.Array
@@ -49,6 +51,7 @@ class RLBatch:
     teacher_tokens: jax.Array | None = None
     teacher_positions: jax.Array | None = None
     teacher_offset: jax.Array | None = None
+    reused: jax.Array | None = None
 
     @property
     def num_rows(self) -> int:
@@ -85,6 +88,8 @@ def validate_batch(batch: RLBatch) -> None:
     teacher = (batch.teacher_tokens, batch.teacher_positions, batch.teacher_offset)
     if any(t is not None for t in teacher) and any(t is None for t in teacher):
         raise ValueError("Set all of teacher_tokens, teacher_positions, teacher_offset, or none")
+    if batch.reused is not None and tuple(np.shape(batch.reused)) != shape[:1]:
+        raise ValueError(f"RLBatch.reused has shape {np.shape(batch.reused)}; expected [B]")
     if batch.teacher_tokens is not None:
         tshape = tuple(np.shape(batch.teacher_tokens))
         if tshape[0] != shape[0] or np.shape(batch.teacher_positions) != tshape:
@@ -121,11 +126,13 @@ def make_batch(
     max_completion_len: int | None = None,
     teacher: tuple[Any, Any, Any] | None = None,
     advantage_kwargs: dict[str, Any] | None = None,
+    reused: Any = None,
 ) -> tuple[RLBatch, dict[str, float]]:
     """Rollouts (training layout) + rewards → (RLBatch of numpy arrays, host stats).
 
     `teacher` = (teacher_tokens, teacher_positions, teacher_completion_mask) for `fst_distill`;
     `advantage=None` (reward-free losses) keeps every row with A = 0; rewards may then be None.
+    `reused` (bool/f32[B], optional) marks reused GEPA rows for the train step's monitors.
     Stats: num_groups, dropped_groups, nonfinite_groups, valid_rows, completion_tokens.
     """
     tokens = np.asarray(tokens, np.int32)
@@ -182,6 +189,7 @@ def make_batch(
         teacher_tokens=t_fields[0],
         teacher_positions=t_fields[1],
         teacher_offset=t_fields[2],
+        reused=None if reused is None else np.asarray(reused, np.float32),
     )
     validate_batch(batch)
     stats = {

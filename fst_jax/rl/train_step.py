@@ -37,7 +37,7 @@ from fst_jax.rl.logprobs import (
     shift_hidden,
     token_logps,
 )
-from fst_jax.rl.losses import LossConfig, TokenInputs, get_loss
+from fst_jax.rl.losses import LossConfig, TokenInputs, get_loss, importance_ratio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +154,12 @@ def microbatch_loss(
             (~jnp.isfinite(mb.advantages) & (mb.row_weight > 0)).astype(jnp.float32)
         ),
     }
+    if mb.reused is not None:  # rollout reuse: mean ρ = π_θ / π_old over reused vs fresh tokens
+        rho = importance_ratio(sg(lp), old)
+        reused = jnp.broadcast_to(mb.reused[:, None] > 0, lp.shape)
+        aux["is_weight_reused"] = _sum_where(m & reused, rho)
+        aux["tokens_reused"] = jnp.sum((m & reused).astype(jnp.float32))
+        aux["is_weight_fresh"] = _sum_where(m & ~reused, rho)
     return loss, aux
 
 
@@ -170,6 +176,8 @@ AUX_KEYS = (
     "distill_kl",
     "nonfinite_adv",
 )
+# Added when the batch marks reused rows (`RLBatch.reused`).
+REUSE_AUX_KEYS = ("is_weight_reused", "tokens_reused", "is_weight_fresh")
 
 
 def _split_microbatches(batch: RLBatch, m: int) -> RLBatch:
@@ -214,7 +222,8 @@ def train_step_fn(config: ModelConfig, cfg: RLConfig, optimizer, mesh: Mesh | No
                 return (jax.tree.map(jnp.add, g_acc, g_), l_acc + l_, a_new), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, params)
-            zeros_a = {k: jnp.zeros((), jnp.float32) for k in AUX_KEYS}
+            keys = AUX_KEYS + (REUSE_AUX_KEYS if batch.reused is not None else ())
+            zeros_a = {k: jnp.zeros((), jnp.float32) for k in keys}
             (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, jnp.zeros(()), zeros_a), mbs)
         grad_norm = optax.global_norm(grads)
         ok = (
@@ -253,6 +262,13 @@ def train_step_fn(config: ModelConfig, cfg: RLConfig, optimizer, mesh: Mesh | No
             # optax's count = updates applied so far = step calls − skipped ones.
             "learning_rate": learning_rate_schedule(cfg)(state.step - state.skipped),
         }
+        if batch.reused is not None:
+            n_reused = aux["tokens_reused"]
+            metrics["is_weight_reused"] = aux["is_weight_reused"] / jnp.maximum(n_reused, 1.0)
+            metrics["is_weight_fresh"] = aux["is_weight_fresh"] / jnp.maximum(
+                aux["tokens"] - n_reused, 1.0
+            )
+            metrics["tokens_reused"] = n_reused
         return new_state, metrics
 
     return step
@@ -409,8 +425,8 @@ def update_on_rollouts(
     own `RLBatch` (advantages per group are unchanged by the split; aggregation weights are
     normalised within the mini-batch, as in verl/TRL) and gets one update. After the first
     update π_θ ≠ π_old, which is where CISPO's truncated weight (and the PPO/GSPO clips) act.
-    `rollouts` holds tokens / positions / completion_mask / logps and optionally ref_logps and
-    teacher (a 3-tuple of [B, ...] arrays). Returns (state, per-update host metrics, summed
+    `rollouts` holds tokens / positions / completion_mask / logps and optionally ref_logps,
+    teacher (a 3-tuple of [B, ...] arrays) and reused ([B] flags of reused GEPA rows). Returns (state, per-update host metrics, summed
     make_batch stats).
     """
     u = train_step.rl_config.updates_per_batch
@@ -433,7 +449,7 @@ def update_on_rollouts(
             None if rewards is None else take(rewards), gids[rows],
             ref_logps=take(rollouts.get("ref_logps")),
             teacher=None if teacher is None else tuple(take(t) for t in teacher),
-            **batch_kwargs,
+            reused=take(rollouts.get("reused")), **batch_kwargs,
         )  # fmt: skip
         state, m = train_step(state, batch)
         metrics.append(host_metrics(m))
