@@ -9,7 +9,7 @@ experiments/results/context_effect/README.md), which the base model does not.
 Task: `math` lite with ``answer_format="boxed"`` — reward 1 only for the right number inside
 \\boxed{}, so the context's format rule matters; the seed context is the task's own seed prompt
 (step by step, answer in \\boxed{}). Sized for ~5 minutes per run on 2 cores: 2 cycles × 3 RL
-steps of 4 problems × 8 rollouts, a GEPA round of ≤ 30 rollouts per cycle, evaluation (32
+steps of 4 problems × 8 rollouts, a GEPA round of ≤ 54 rollouts on the cycle's 12 problems, evaluation (32
 validation problems × 2 samples per setting) at start, after each cycle and at the end.
 """
 
@@ -28,7 +28,10 @@ def get_config():
     c.rl.batch_size = 4
     c.rl.group_size = 8
     c.sampling.max_new_tokens = 96  # the warm start's \\boxed{} answers need room
-    c.gepa.budget = 30  # 3 worst-case iterations on 4 anchors
+    # The paper's lookahead anchors: the next T batches' problems (3 × 4 = 12), which is also
+    # what rollout reuse (rl.reuse_gepa_rollouts) needs to cover a whole cycle.
+    c.gepa.anchor_size = 12
+    c.gepa.budget = 54  # 3 worst-case iterations (2 × minibatch 3 + 12 anchors each)
     c.eval.every_cycles = 1
     c.eval.num_examples = 32
     c.eval.k = 2
