@@ -155,3 +155,11 @@ def test_reuse_cycle_counts_on_policy_first_step_and_mid_cycle_resume(tmp_path, 
     assert resumed.rs.step == 4 and records(tmp_path / "resumed") == recs
     for a, b in zip(params_of(resumed), params_of(whole), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_reuse_first_step_only_reuses_on_each_cycles_first_step(tmp_path):
+    run(tmp_path, "first_step")
+    train = [r for r in records(tmp_path) if "train/loss" in r]
+    assert [r["train/reused_frac"] > 0 for r in train] == [True, False, True, False]
+    assert all(r["rollout/reused_tokens"] == 0 for r in train[1::2])
+    assert all("train/is_weight_reused" not in r for r in train[1::2])
