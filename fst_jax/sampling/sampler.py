@@ -26,12 +26,16 @@ from fst_jax.models import decoder
 from fst_jax.models.config import ModelConfig
 from fst_jax.rows import row_blocks, rows_of
 from fst_jax.sampling import engine
+from fst_jax.sampling.context_cache import ContextCache
 from fst_jax.sampling.prompt_bank import PromptBank, raw_bank, tokenizer_fingerprint
 from fst_jax.sampling.select import SamplingParams
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_TASK_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_PREFIX_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Contexts kept across calls: an RL step's K contexts + the no-context row, a GEPA candidate
+# between its minibatch and anchor evaluations, the evaluation's best prompt.
+DEFAULT_CONTEXT_SLOTS = 16
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -157,6 +161,12 @@ class Sampler:
     caches to the rows that share them (`engine.prefill_shared`); context and task widths are
     buckets of the real lengths (`prefix_buckets`, `task_buckets`), not the bank's `max_len`.
     False: every row prefills its whole padded prompt (`engine.prefill`; the reference path).
+
+    `context_cache` (slots, 0 = off; needs `prefix_cache`): contexts' keys/values are also kept
+    across calls for the current parameter version (`ContextCache`, least recently used out),
+    so a call prefills only the contexts it has not seen under these params
+    (`engine.prefill_stored`). Not used for `sharding=` calls (multi-host), which prefill their
+    contexts per call.
     """
 
     def __init__(
@@ -170,6 +180,7 @@ class Sampler:
         kernel_layout: str = "auto",
         prefix_cache: bool = True,
         prefix_buckets: Sequence[int] = DEFAULT_PREFIX_BUCKETS,
+        context_cache: int = DEFAULT_CONTEXT_SLOTS,
     ) -> None:
         if len(tokenizer) > config.vocab_size:
             raise ValueError(
@@ -190,6 +201,9 @@ class Sampler:
         self.engine_config = config.replace(kernel_layout=layout)
         self.prefix_cache = prefix_cache
         self.prefix_buckets = tuple(sorted(prefix_buckets))
+        if context_cache < 0:
+            raise ValueError(f"context_cache={context_cache}; use a slot count >= 0 (0 = off)")
+        self.context_cache = ContextCache(context_cache) if context_cache else None
         self._raw_bank: PromptBank | None = None
         self._prepared: tuple[list[Any], PreparedParams] | None = None
 
@@ -320,6 +334,11 @@ class Sampler:
         if self.prefix_cache:
             fixed, row_pair = self._shared_inputs(bank, idx, tasks)
             fn, rows, fills = engine.prefill_shared, (row_pair,), (0,)
+            if self.context_cache is not None and sharding is None:
+                params = self.prepare_params(params)
+                stored = self._stored(params, bank, idx, fixed)
+                if stored is not None:  # None: more contexts than slots
+                    fixed, fn = stored, engine.prefill_stored
         else:
             fixed = (bank.table, bank.lengths, bank.suffix, bank.suffix_length)
             fn = engine.prefill
@@ -335,7 +354,7 @@ class Sampler:
             for x, f in zip(rows[:-1], fills)
         ]
         padded.append(np.concatenate([rows[-1], -1 - np.arange(pad, dtype=np.int32)]))
-        fixed = tuple(jnp.asarray(x) for x in fixed)
+        fixed = tuple(jnp.asarray(x) if isinstance(x, np.ndarray) else x for x in fixed)
         out = self._run(
             params, sampling, key, timings, fn, *fixed, *(jnp.asarray(x) for x in padded)
         )
@@ -382,6 +401,48 @@ class Sampler:
         pair_len[:u] = tasks.lengths[sel]
         fixed = (ctx_tok, ctx_len, bank.suffix, bank.suffix_length, pair_ctx, pair_tok, pair_len)
         return fixed, row_pair
+
+    def _stored(
+        self, prepared: PreparedParams, bank: PromptBank, idx: np.ndarray, fixed: tuple[Any, ...]
+    ) -> tuple[Any, ...] | None:
+        """`prefill_stored`'s inputs: the context store and each context's slot, after
+        prefilling the contexts the store lacks (`fixed` as made by `_shared_inputs`); None
+        when the call has more distinct contexts than the cache has slots."""
+        cache = self.context_cache
+        assert cache is not None
+        ctx_ids = np.unique(idx)
+        lens = bank.lengths_host[ctx_ids]
+        table = bank.host_table()
+        keys = [table[c, :n].tobytes() for c, n in zip(ctx_ids, lens)]
+        width = table.shape[1]
+        got = cache.assign(prepared, self.engine_config, width, keys)
+        if got is None:
+            return None
+        store, slots, missing = got
+        if missing:
+            m = len(missing)
+            mb = _batch_bucket(m, self.batch_buckets)
+            longest = max(int(lens[missing].max()), 1)
+            lm = width
+            if longest <= self.prefix_buckets[-1]:
+                lm = min(_bucket(longest, self.prefix_buckets, "Context length"), width)
+            tok = np.full((mb, lm), self._pad_id(), np.int32)
+            tok[:m] = table[ctx_ids[missing], :lm]
+            mlen = np.zeros((mb,), np.int32)
+            mlen[:m] = lens[missing]
+            dst = np.full((mb,), cache.slots, np.int32)  # padding rows: dropped
+            dst[:m] = slots[missing]
+            try:
+                store = engine.store_contexts(
+                    self.engine_config, prepared.params, store, tok, mlen, dst
+                )
+            except BaseException:
+                cache.clear()  # the keys were assigned but not filled (and the store donated)
+                raise
+            cache.update(width, store)
+        ctx_slots = np.full((fixed[0].shape[0],), slots[0], np.int32)  # bucket padding
+        ctx_slots[: len(slots)] = slots
+        return (store, ctx_slots, *fixed)
 
     def _rollouts(
         self, out: dict[str, Any], gen: np.ndarray, gen_len: np.ndarray, **extra: Any
