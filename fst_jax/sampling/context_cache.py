@@ -52,7 +52,7 @@ class ContextCache:
         self.slots = slots
         self.max_widths = max_widths
         self._owner: weakref.ref | None = None
-        self._stores: collections.OrderedDict[int, _Store] = collections.OrderedDict()
+        self._stores: collections.OrderedDict[tuple[int, Any], _Store] = collections.OrderedDict()
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
@@ -66,15 +66,21 @@ class ContextCache:
         """Device bytes held by the stores."""
         return sum(x.nbytes for s in self._stores.values() for x in jax.tree.leaves(s.arrays))
 
-    def cached(self, width: int) -> list[bytes]:
+    def cached(self, width: int, sharding: jax.sharding.Sharding | None = None) -> list[bytes]:
         """Keys held for bank width `width`, least recently used first."""
-        s = self._stores.get(width)
+        s = self._stores.get((width, sharding))
         return list(s.lru) if s is not None else []
 
     def assign(
-        self, owner: Any, config: ModelConfig, width: int, keys: Sequence[bytes]
+        self,
+        owner: Any,
+        config: ModelConfig,
+        width: int,
+        keys: Sequence[bytes],
+        sharding: jax.sharding.Sharding | None = None,
     ) -> tuple[Any, np.ndarray, list[int]] | None:
-        """Slots for the contexts `keys` (distinct) of one call under params `owner`.
+        """Slots for the contexts `keys` (distinct) of one call under params `owner`, in the
+        store for bank width `width` laid out with `sharding` (None: default device).
 
         Returns (store arrays, int32 slots per key, indices of the keys not cached yet: the
         caller prefills those into their slots with `engine.store_contexts` and hands the new
@@ -87,13 +93,14 @@ class ContextCache:
                 self.invalidations += 1
             self.clear()
             self._owner = weakref.ref(owner)
-        store = self._stores.get(width)
+        where = (width, sharding)
+        store = self._stores.get(where)
         if store is None:
             while len(self._stores) >= self.max_widths:
                 self._stores.popitem(last=False)
-            arrays = engine.init_context_store(config, self.slots, width)
-            store = self._stores[width] = _Store(arrays, collections.OrderedDict())
-        self._stores.move_to_end(width)
+            arrays = engine.init_context_store(config, self.slots, width, sharding)
+            store = self._stores[where] = _Store(arrays, collections.OrderedDict())
+        self._stores.move_to_end(where)
         lru = store.lru
         slots = np.empty(len(keys), np.int32)
         missing = []
@@ -114,6 +121,8 @@ class ContextCache:
             self.misses += 1
         return store.arrays, slots, missing
 
-    def update(self, width: int, arrays: Any) -> None:
+    def update(
+        self, width: int, arrays: Any, sharding: jax.sharding.Sharding | None = None
+    ) -> None:
         """The store arrays after `engine.store_contexts` (the old ones were donated)."""
-        self._stores[width].arrays = arrays
+        self._stores[(width, sharding)].arrays = arrays

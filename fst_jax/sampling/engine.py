@@ -265,9 +265,14 @@ def prefill_shared(
 # ----------------------------------------------------------------- context store (across calls)
 
 
-def init_context_store(config: ModelConfig, slots: int, width: int) -> Any:
-    """An empty store of `slots` context caches, `width` columns each (every position -1)."""
-    return decoder.init_cache(config, slots, width)
+@functools.partial(jax.jit, static_argnames=("config", "slots", "width", "sharding"))
+def init_context_store(
+    config: ModelConfig, slots: int, width: int, sharding: jax.sharding.Sharding | None = None
+) -> Any:
+    """An empty store of `slots` context caches, `width` columns each (every position -1),
+    laid out with `sharding` (replicated over the mesh for sharded sampler calls) if given."""
+    store = decoder.init_cache(config, slots, width)
+    return store if sharding is None else jax.lax.with_sharding_constraint(store, sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("store",))
@@ -436,6 +441,7 @@ def num_compilations() -> int:
         prefill._cache_size()
         + prefill_shared._cache_size()
         + prefill_stored._cache_size()
+        + init_context_store._cache_size()
         + store_contexts._cache_size()
         + decode._cache_size()
         + finalize._cache_size()

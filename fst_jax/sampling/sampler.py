@@ -134,8 +134,8 @@ def _to_layout(config: ModelConfig, params: Any, layout: str) -> Any:
 
 def _replicated(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
     """A host array (the same on every process) replicated over `sharding`'s devices."""
-    if isinstance(x, jax.Array) and jax.process_count() == 1:
-        return x
+    if isinstance(x, dict) or (isinstance(x, jax.Array) and jax.process_count() == 1):
+        return x  # a dict: the context store, already laid out over the mesh
     x = np.asarray(x)
     if isinstance(sharding, jax.sharding.NamedSharding):
         rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
@@ -334,9 +334,9 @@ class Sampler:
         if self.prefix_cache:
             fixed, row_pair = self._shared_inputs(bank, idx, tasks)
             fn, rows, fills = engine.prefill_shared, (row_pair,), (0,)
-            if self.context_cache is not None and sharding is None:
+            if self.context_cache is not None:
                 params = self.prepare_params(params)
-                stored = self._stored(params, bank, idx, fixed)
+                stored = self._stored(params, bank, idx, fixed, sharding)
                 if stored is not None:  # None: more contexts than slots
                     fixed, fn = stored, engine.prefill_stored
         else:
@@ -403,7 +403,12 @@ class Sampler:
         return fixed, row_pair
 
     def _stored(
-        self, prepared: PreparedParams, bank: PromptBank, idx: np.ndarray, fixed: tuple[Any, ...]
+        self,
+        prepared: PreparedParams,
+        bank: PromptBank,
+        idx: np.ndarray,
+        fixed: tuple[Any, ...],
+        sharding: jax.sharding.Sharding | None = None,
     ) -> tuple[Any, ...] | None:
         """`prefill_stored`'s inputs: the context store and each context's slot, after
         prefilling the contexts the store lacks (`fixed` as made by `_shared_inputs`); None
@@ -415,7 +420,10 @@ class Sampler:
         table = bank.host_table()
         keys = [table[c, :n].tobytes() for c, n in zip(ctx_ids, lens)]
         width = table.shape[1]
-        got = cache.assign(prepared, self.engine_config, width, keys)
+        rep = None  # sharded calls: the store is replicated over the mesh, like the bank
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        got = cache.assign(prepared, self.engine_config, width, keys, rep)
         if got is None:
             return None
         store, slots, missing = got
@@ -432,14 +440,15 @@ class Sampler:
             mlen[:m] = lens[missing]
             dst = np.full((mb,), cache.slots, np.int32)  # padding rows: dropped
             dst[:m] = slots[missing]
+            args = (tok, mlen, dst)
+            if rep is not None:
+                args = tuple(_replicated(x, rep) for x in args)
             try:
-                store = engine.store_contexts(
-                    self.engine_config, prepared.params, store, tok, mlen, dst
-                )
+                store = engine.store_contexts(self.engine_config, prepared.params, store, *args)
             except BaseException:
                 cache.clear()  # the keys were assigned but not filled (and the store donated)
                 raise
-            cache.update(width, store)
+            cache.update(width, store, rep)
         ctx_slots = np.full((fixed[0].shape[0],), slots[0], np.int32)  # bucket padding
         ctx_slots[: len(slots)] = slots
         return (store, ctx_slots, *fixed)
