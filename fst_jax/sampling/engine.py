@@ -8,7 +8,10 @@ The jitted functions, all pure:
 * `prefill_shared(...)` does the same from deduplicated inputs: each distinct context (bank row)
   is prefilled once, each distinct (context, task) pair's task + suffix once on top of its
   context's cached keys/values, and the pair caches are broadcast to the rows that share them
-  (an RL step's G/K rollouts of one problem and context). The sampler uses it by default.
+  (an RL step's G/K rollouts of one problem and context).
+* `prefill_stored(...)` is `prefill_shared` with the contexts' keys/values read from a context
+  store (slots of prefilled contexts kept across calls for one parameter version, filled by
+  `store_contexts`; see `fst_jax.sampling.context_cache`). The sampler uses it by default.
 * `decode(...)` (state donated, so the cache is updated in place) runs one-token decoder steps in a
   `lax.while_loop` until every row has emitted a stop token or `max_new_tokens` tokens.
 * `finalize(state)` assembles the RL "training layout" (see `training_layout`).

@@ -3,7 +3,8 @@
 `Sampler.sample(params, bank, prompt_idx, tasks, key, sampling)` is the one call every rollout
 goes through (RL steps, GEPA evaluations, validation). It checks every input on the host before
 any device work, pads the batch and the task tokens to static buckets (so only a new bucket or
-new `SamplingParams` compile), runs the jitted `engine.prefill` / `engine.decode`, slices the
+new `SamplingParams` compile), runs the jitted prefill (`engine.prefill_stored` by default,
+contexts read from the `ContextCache`) and `engine.decode`, slices the
 padding rows away and decodes completion texts once per batch.
 
 `generate_chat(config, params, tokenizer, conversations, sampling, key)` renders whole chat
