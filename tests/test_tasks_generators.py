@@ -72,6 +72,7 @@ def test_deterministic_and_disjoint(tasks, name, kw):
     assert [e.id for e in other_seed] != [e.id for e in splits["validation"]]
 
 
+@pytest.mark.slow  # subprocess: a fresh interpreter regenerates every config
 def test_byte_identical_across_processes():
     code = (
         "import json, sys; from tests.test_tasks_generators import CONFIGS, _digest;"
