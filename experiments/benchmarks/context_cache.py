@@ -1,6 +1,6 @@
 """Sampler calls of one FST cycle with contexts' keys/values kept across calls vs prefilled per call.
 
-    python experiments/benchmarks/context_cache.py [--model=embedded] [--rounds=2]
+    python experiments/benchmarks/context_cache.py [--model=smollm2-135m-instruct] [--rounds=2]
 
 The same call sequence as a cycle on frozen θ, run by two samplers in one process, interleaved
 round by round: `Sampler(context_cache=16)` (the default: contexts prefilled once per parameter
@@ -32,6 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax
 
+from fst_jax.models import EMBEDDED_NAME
 from fst_jax.sampling import Sampler, SamplingParams, build_bank
 
 INSTRUCTION = (
@@ -104,7 +105,7 @@ def _round(sampler, params, tok, args, r: int, timings_out: list[float]) -> None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="embedded", help="model spec, or random:<config>")
+    ap.add_argument("--model", default=EMBEDDED_NAME, help="model spec, or random:<config>")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--gepa_iters", type=int, default=3)
