@@ -247,44 +247,75 @@ class Checkpointer:
         self._manager.close()
 
 
+def _run_manager(checkpoint_dir: str | os.PathLike, step: int | None) -> tuple[Any, Any, int]:
+    """(orbax manager, checkpoints folder, step) of a run's checkpoint `step` (None: latest);
+    the caller closes the manager. Every failure is a CheckpointError saying what to pass."""
+    path = paths.workdir_path(checkpoint_dir)
+    if (path / CHECKPOINT_DIR).is_dir():
+        path = path / CHECKPOINT_DIR
+    if not path.is_dir():
+        why = "does not exist" if not path.exists() else "is not a directory"
+        raise CheckpointError(
+            f"{checkpoint_dir} {why}: it is not a workdir or checkpoints folder; pass the "
+            f"--workdir an fst-train run wrote (it holds a {CHECKPOINT_DIR}/ folder)"
+        )
+    mgr = ocp.CheckpointManager(path, item_names=("state", "meta"))
+    steps = sorted(mgr.all_steps())
+    if not steps:
+        mgr.close()
+        raise CheckpointError(f"{path} holds no checkpoint steps; was the run saved (fst-train)?")
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+        mgr.close()
+        raise CheckpointError(f"no checkpoint step {step} in {path}; available steps: {steps}")
+    return mgr, path, step
+
+
+def read_meta(checkpoint_dir: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:
+    """(step, host metadata: config, population, offsets, ...) of checkpoint `step` (None:
+    latest) of a run, without reading any array — e.g. to rebuild the run's model config before
+    `restore_params`. ``checkpoint_dir`` is a workdir or its ``checkpoints`` folder."""
+    mgr, _, step = _run_manager(checkpoint_dir, step)
+    try:
+        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    finally:
+        mgr.close()
+    return step, dict(meta)
+
+
 def restore_params(
     checkpoint_dir: str | os.PathLike,
     abstract_params: Any,
     step: int | None = None,
     keys: tuple[str, ...] = ("params",),
 ) -> tuple[Any, dict[str, Any]]:
-    """Loads only the params of a run's checkpoint (plasticity probe: fresh RL from any step).
+    """Loads only the params of a run's checkpoint (plasticity probe: fresh RL from any step;
+    fst-serve / fst-export).
 
     ``checkpoint_dir`` is a workdir or its ``checkpoints`` folder. The optimiser state is not
     read, and the fingerprint is not checked (a probe is a new run by design). ``keys`` is the
     params' path inside the saved state (the controller saves them under ``train/params``).
     """
-    path = paths.workdir_path(checkpoint_dir)
-    if (path / CHECKPOINT_DIR).is_dir():
-        path = path / CHECKPOINT_DIR
-    if not path.is_dir():
-        raise CheckpointError(f"{checkpoint_dir} is not a workdir or checkpoints folder")
-    mgr = ocp.CheckpointManager(path, item_names=("state", "meta"))
-    step = mgr.latest_step() if step is None else step
-    if step is None or step not in mgr.all_steps():
-        raise CheckpointError(f"no checkpoint step {step} in {path}; have {mgr.all_steps()}")
-    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    mgr, path, step = _run_manager(checkpoint_dir, step)
     item: Any = abstract_params
     for k in reversed(keys):
         item = {k: item}
-    restored = mgr.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=jax.tree.map(
-                    lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), item
-                ),
-                partial_restore=True,
-            )
-        ),
-    )
-    mgr.close()
+    try:
+        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        restored = mgr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=jax.tree.map(
+                        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), item
+                    ),
+                    partial_restore=True,
+                )
+            ),
+        )
+    finally:
+        mgr.close()
     tree = restored.state
     for k in keys:
         tree = tree[k]

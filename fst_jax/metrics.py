@@ -17,7 +17,6 @@ then written to a local working copy and uploaded after every record.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -97,15 +96,14 @@ class MetricsWriter:
         self.enabled = enabled
         root = paths.workdir_path(workdir)
         self.path = root / METRICS_FILE
-        self._file = None
+        self._log: paths.JsonlLog | None = None
         self._tb = None
-        self._stage = self._tb_stage = None
+        self._tb_stage = None
         self._wandb = None
         if not enabled:
             return
         root.mkdir(parents=True, exist_ok=True)
-        self._stage = paths.StagedFile(self.path)
-        self._file = open(self._stage.local, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
+        self._log = paths.JsonlLog(self.path)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -128,9 +126,7 @@ class MetricsWriter:
                 )
         if not self.enabled:
             return record
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
-        self._file.flush()
-        self._stage.sync()
+        self._log.write([record])
         if self._tb is not None:
             for key, value in record.items():
                 if key in ("step", "time"):
@@ -145,17 +141,12 @@ class MetricsWriter:
 
     def offset(self) -> int:
         """Bytes written to the JSONL so far (stored in checkpoints to make resume exact)."""
-        if not self.enabled:
-            return 0
-        self._file.flush()
-        return self._file.tell()
+        return self._log.offset() if self._log is not None else 0
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._stage.sync()
-            self._stage.cleanup()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -172,27 +163,8 @@ class MetricsWriter:
         self.close()
 
 
-def truncate_jsonl(path: str | os.PathLike, offset: int) -> None:
-    """Cuts the metrics file back to ``offset`` bytes (records written after a checkpoint)."""
-    path = paths.workdir_path(path)
-    if not path.exists():
-        if offset:
-            raise FileNotFoundError(
-                f"{path} is missing but the checkpoint says {offset} bytes of metrics were "
-                "written; restore the file or start a fresh --workdir"
-            )
-        return
-    size = path.stat().length
-    if size < offset:
-        raise ValueError(
-            f"{path} has {size} bytes but the checkpoint recorded {offset}; the metrics file "
-            "was truncated or replaced. Restore it or start a fresh --workdir"
-        )
-    if paths.is_remote(path):  # objects are rewritten whole
-        path.write_bytes(path.read_bytes()[:offset])
-        return
-    with open(path, "r+b") as f:
-        f.truncate(offset)
+# Cuts a JSONL file back to a checkpoint's offset (metrics.jsonl, gepa_log.jsonl).
+truncate_jsonl = paths.truncate_jsonl
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -203,18 +175,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         path = path / METRICS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no metrics at {path}; pass a workdir written by fst-train")
-    records = []
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"{path}:{lineno} is not valid JSON ({e}); the file is corrupt"
-                ) from e
-    return records
+    return paths.read_jsonl(path)
 
 
 def series(records: Iterable[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -4,16 +4,21 @@ disposable — through `etils.epath`, the path library orbax uses too.
 A `pathlib.Path` would turn `gs://bucket/run` into the local folder `gs:/bucket/run` and the run's
 checkpoints would die with the VM; `workdir_path` keeps the URI, and refuses a scheme nothing can
 serve instead of writing somewhere else. Object stores cannot append: `StagedFile` keeps a local
-copy of an append-only file (metrics.jsonl, TensorBoard events) and uploads it whole on `sync`.
+copy of an append-only file (metrics.jsonl, TensorBoard events) and uploads it whole on `sync`;
+`JsonlLog` is the run's append-only JSONL files (metrics.jsonl, gepa_log.jsonl) on top of it,
+with the byte offset a checkpoint stores and `truncate_jsonl` cuts back to on resume.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from etils import epath
 
@@ -144,3 +149,93 @@ class StagedDir:
     def cleanup(self) -> None:
         if self.remote:
             shutil.rmtree(self.local, ignore_errors=True)
+
+
+class JsonlLog:
+    """An append-only JSONL file of a run (one JSON object a line), written through a
+    `StagedFile` and synced after every batch of rows, so a URI workdir loses nothing written.
+
+    `offset()` is the bytes written so far: checkpoints store it and, on resume,
+    `truncate_jsonl` cuts rows written after the checkpoint, so a resumed run's file equals an
+    uninterrupted run's. `lazy`: the file is created on the first row (a log that may stay
+    empty leaves no file behind). `ensure_ascii` as in `json.dumps`.
+    """
+
+    def __init__(self, path: epath.Path, *, lazy: bool = False, ensure_ascii: bool = True) -> None:
+        self.path = path
+        self.ensure_ascii = ensure_ascii
+        self._stage: StagedFile | None = StagedFile(path)
+        self._file: Any = None
+        if not lazy:
+            self._open()
+
+    def _open(self) -> Any:
+        if self._stage is None:
+            raise ValueError(f"{self.path} was closed; open a new JsonlLog to write more rows")
+        if self._file is None:
+            self._file = open(self._stage.local, "a", encoding="utf-8")  # noqa: SIM115 - held
+        return self._file
+
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        f = self._open()
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True, ensure_ascii=self.ensure_ascii) + "\n")
+        f.flush()
+        self._stage.sync()
+
+    def offset(self) -> int:
+        """Bytes written so far (what a checkpoint stores)."""
+        if self._file is not None:
+            self._file.flush()
+            return self._file.tell()
+        local = self._stage.local if self._stage is not None else None
+        return os.path.getsize(local) if local and os.path.exists(local) else 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._stage is not None:
+            self._stage.sync()
+            self._stage.cleanup()
+            self._stage = None
+
+
+def truncate_jsonl(path: str | os.PathLike, offset: int) -> None:
+    """Cuts an append-only JSONL file back to `offset` bytes (the rows written after a
+    checkpoint get redone on resume)."""
+    path = workdir_path(path)
+    if not path.exists():
+        if offset:
+            raise FileNotFoundError(
+                f"{path} is missing but the checkpoint says {offset} bytes of it were written; "
+                "restore the file or start a fresh --workdir"
+            )
+        return
+    size = path.stat().length
+    if size < offset:
+        raise ValueError(
+            f"{path} has {size} bytes but the checkpoint recorded {offset}; the file was "
+            "truncated or replaced. Restore it or start a fresh --workdir"
+        )
+    if is_remote(path):  # objects are rewritten whole
+        path.write_bytes(path.read_bytes()[:offset])
+        return
+    with open(path, "r+b") as f:
+        f.truncate(offset)
+
+
+def read_jsonl(path: epath.Path) -> list[dict[str, Any]]:
+    """Every row of a JSONL file (local or URI); a line that is not JSON is an error naming it."""
+    rows = []
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{path}:{lineno} is not valid JSON ({e}); the file is corrupt"
+                ) from e
+    return rows

@@ -97,7 +97,10 @@ def test_sampler_accounting(fsdp_run):
     r = fsdp_run
     for k in ("prefill", "decode"):
         assert r[k]["arguments"] > 0 and r[k]["temps"] >= 0
-    assert r["sample_total"] == r["train_state"] + max(r["prefill"]["total"], r["decode"]["total"])
+    # The context store is resident through decode (and an argument of prefill).
+    assert 0 < r["context_store"] <= r["prefill"]["arguments"]
+    peak = max(r["prefill"]["total"], r["decode"]["total"] + r["context_store"])
+    assert r["sample_total"] == r["train_state"] + peak
     assert r["peak"] == max(r["train"]["total"], r["sample_total"])
     # The decode state (KV cache) is donated into the loop.
     assert r["decode"]["aliased"] > 0
@@ -224,6 +227,8 @@ def test_tiny_step_prefill_decode_compile_for_tpu():
     mesh = sharding.make_mesh((1, 2, 2), devices)
     step, state_bytes, args = aot.compile_train_step(cfg, mesh, W, point.microbatches)
     pre, dec, pbytes = aot.compile_sampler(cfg, mesh, W, W.rows)
+    fill = aot.compile_context_store(cfg, mesh, W, W.rows)
+    assert "prefill_stored" in _hlo(pre)  # what Sampler.sample runs, contexts from the store
     # HBM accounting: arguments hold at least the per-chip shards of the inputs (TPU layouts pad
     # the minor dimensions to (8, 128) tiles, so tiny arrays take more), and the donated train
     # state is aliased into the new state.
@@ -239,11 +244,12 @@ def test_tiny_step_prefill_decode_compile_for_tpu():
         stats["arguments"] + stats["outputs"] - stats["aliased"] + stats["temps"] + stats["code"]
     )
     assert aot.memory_stats(dec)["aliased"] > 0  # the decode state (KV cache) is donated
+    assert aot.memory_stats(fill)["aliased"] > 0  # the context store is filled in place
     assert pbytes < state_bytes  # bf16 sampler weights vs f32 params + AdamW
-    for c in (step, pre, dec):
+    for c in (step, pre, dec, fill):
         cost = aot.cost_stats(c)
         assert cost["flops"] > 0 and cost["bytes accessed"] > 0
-    assert "tpu_custom_call" in _hlo(step) and "tpu_custom_call" in _hlo(pre)
+    assert all("tpu_custom_call" in _hlo(c) for c in (step, pre, fill))
     assert "tpu_custom_call" not in _hlo(dec)
 
 

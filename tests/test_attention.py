@@ -45,7 +45,14 @@ def _mask(qpos, kvpos):
     return (kvpos[:, None, :] >= 0) & (kvpos[:, None, :] <= qpos[:, :, None])
 
 
-@pytest.mark.parametrize("t,h,kvh", [(128, 4, 2), (40, 2, 1), (160, 4, 4)])
+@pytest.mark.parametrize(
+    "t,h,kvh",
+    [  # one case in the fast tier; padding and head-ratio cases in the slow one
+        (128, 4, 2),
+        pytest.param(40, 2, 1, marks=pytest.mark.slow),
+        pytest.param(160, 4, 4, marks=pytest.mark.slow),
+    ],
+)
 def test_splash_matches_xla_forward_and_grads(t, h, kvh):
     hd = 16
     pos = jnp.asarray(
@@ -85,6 +92,7 @@ def test_splash_prefill_into_a_longer_cache():
     np.testing.assert_allclose(out * real, ref * real, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.slow  # splash (interpret mode) in a shard_map over 8 fake devices
 def test_decoder_forward_and_prefill_with_splash_on_a_mesh():
     """The whole decoder with attention='splash' equals attention='xla' — training forward on a
     2×2×2 mesh (shard_map over rows and heads) and prefill into a KV cache."""

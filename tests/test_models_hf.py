@@ -176,7 +176,14 @@ def test_export_roundtrip_transformers(checkpoints, tmp_path, kind):
     )
 
 
-@pytest.mark.parametrize("name", ["tiny_qwen3", "tiny_llama3", "tiny_qwen2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiny_qwen3",
+        pytest.param("tiny_llama3", marks=pytest.mark.slow),
+        pytest.param("tiny_qwen2", marks=pytest.mark.slow),
+    ],
+)
 def test_export_of_random_params_matches_transformers(tmp_path, name):
     config = get_config(name)
     params = init_params(config, jax.random.PRNGKey(3))
@@ -187,6 +194,7 @@ def test_export_of_random_params_matches_transformers(tmp_path, name):
     )
 
 
+@pytest.mark.slow  # torch oracle; the fast tier keeps test_logits_match_hf
 def test_bf16_checkpoint_roundtrip(tmp_path):
     """bf16 safetensors (how real Qwen/Llama checkpoints ship) load into f32 or bf16 params."""
     config = get_config("tiny_llama")
@@ -203,6 +211,7 @@ def test_bf16_checkpoint_roundtrip(tmp_path):
     )
 
 
+@pytest.mark.slow  # huggingface_hub + torch oracle
 def test_hub_id_loads_offline_from_a_prepared_cache(tmp_path, monkeypatch):
     """model.spec=owner/name[@rev] resolves through huggingface_hub; with HF_HUB_OFFLINE the
     prepared local cache is all it reads (no network), and a missing id names the fix."""

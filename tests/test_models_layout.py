@@ -13,7 +13,11 @@ from fst_jax.sampling import Sampler, SamplingParams, build_bank
 
 @pytest.mark.parametrize(
     "name,scan,tie",
-    [("tiny_llama", False, False), ("tiny_qwen2", True, True), ("tiny_qwen3", True, False)],
+    [  # one case in the fast tier; the other families' layouts in the slow one
+        ("tiny_llama", False, False),
+        pytest.param("tiny_qwen2", True, True, marks=pytest.mark.slow),
+        pytest.param("tiny_qwen3", True, False, marks=pytest.mark.slow),
+    ],
 )
 def test_out_in_forward_equals_in_out(name, scan, tie):
     cfg = get_config(name, scan_layers=scan, tie_word_embeddings=tie)
@@ -63,6 +67,7 @@ def test_layout_errors_and_export_of_out_in_params(tmp_path):
         np.testing.assert_array_equal(ta[k], tb[k])
 
 
+@pytest.mark.slow  # two sampler compiles; the fast tier keeps the forward equality above
 def test_sampler_layouts_sample_the_same_tokens():
     """The sampler's engine layout is an implementation detail: same tokens, same log-probs."""
     cfg = get_config("tiny_llama")

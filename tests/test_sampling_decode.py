@@ -16,6 +16,7 @@ from fst_jax.sampling import (
     select_tokens,
 )
 
+SLOW = pytest.mark.slow  # the heavier cases (more compiles); `pytest -m "not slow"` skips them
 CONTEXTS = ["Be brief.", "Think step by step, then answer.", "You are a pirate."]
 TASKS = ["What is 2+2?", "Name a color.", "Say hi", "Count to three.", "Why?", "Spell cat."]
 
@@ -88,9 +89,9 @@ def test_greedy_cached_decode_equals_full_forward_argmax(tok, model, bank):
 
 @pytest.mark.parametrize(
     "sp",
-    [
-        SamplingParams(temperature=0.7, top_k=20, max_new_tokens=10),
-        SamplingParams(temperature=1.3, top_p=0.8, max_new_tokens=10),
+    [  # the fast tier keeps the case with both truncations; each alone in the slow tier
+        pytest.param(SamplingParams(temperature=0.7, top_k=20, max_new_tokens=10), marks=SLOW),
+        pytest.param(SamplingParams(temperature=1.3, top_p=0.8, max_new_tokens=10), marks=SLOW),
         SamplingParams(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=10),
     ],
     ids=["topk", "topp", "topk+topp"],
@@ -189,7 +190,7 @@ def test_stop_token_ends_row_and_layout(tok, model, bank):
     assert not bool(first.finished[0]) or int(first.completion_lengths[0]) < 10
 
 
-def test_scan_layers_and_bf16_match_unrolled(tok, model, bank):
+def test_scan_layers_match_unrolled(tok, model, bank):
     cfg, params = model
     sp = SamplingParams(greedy=True, max_new_tokens=8)
     args = ([0, bank.no_context], TASKS[:2], jax.random.PRNGKey(0), sp)
@@ -198,6 +199,14 @@ def test_scan_layers_and_bf16_match_unrolled(tok, model, bank):
     scan = Sampler(scfg, tok).sample(stack_layers(cfg, params), bank, *args)
     assert scan.completion_tokens.tolist() == ref.completion_tokens.tolist()
     np.testing.assert_allclose(np.asarray(scan.logps), np.asarray(ref.logps), atol=2e-5)
+
+
+@SLOW  # a third sampler compile; the bf16 model forward is also checked in test_models_hf
+def test_bf16_sampler_matches_a_bf16_full_forward(tok, model, bank):
+    cfg, params = model
+    sp = SamplingParams(greedy=True, max_new_tokens=8)
+    args = ([0, bank.no_context], TASKS[:2], jax.random.PRNGKey(0), sp)
+    ref = Sampler(cfg, tok).sample(params, bank, *args)
     bcfg = cfg.replace(dtype="bfloat16")
     bf = Sampler(bcfg, tok).sample(params, bank, *args)
     assert bf.tokens.shape == ref.tokens.shape

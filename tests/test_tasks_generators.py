@@ -72,6 +72,7 @@ def test_deterministic_and_disjoint(tasks, name, kw):
     assert [e.id for e in other_seed] != [e.id for e in splits["validation"]]
 
 
+@pytest.mark.slow  # subprocess: a fresh interpreter regenerates every config
 def test_byte_identical_across_processes():
     code = (
         "import json, sys; from tests.test_tasks_generators import CONFIGS, _digest;"
@@ -197,16 +198,25 @@ def oracle(task, ex) -> str:
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name, kw", CONFIGS)
-def test_scripted_oracle_scores_one(tasks, name, kw):
-    task = _get(tasks, name, **kw)
+def _oracle_scores_one(task, name, codeio_examples):
     exs = task.examples("validation")
     if name == "codeio":
-        exs = exs[:40]  # each oracle answer also re-runs the code in the sandbox
+        exs = exs[:codeio_examples]  # each oracle answer also re-runs the code in the sandbox
     answers = [oracle(task, e) for e in exs]
     verdicts = task.verify_batch(exs, answers, workers=2)
     bad = [(e.id, v) for e, v in zip(exs, verdicts) if v.reward != 1.0]
     assert not bad, bad[:3]
+
+
+@pytest.mark.parametrize("name, kw", CONFIGS)
+def test_scripted_oracle_scores_one(tasks, name, kw):
+    _oracle_scores_one(_get(tasks, name, **kw), name, codeio_examples=8)
+
+
+@pytest.mark.slow  # ~50 s: two sandbox runs per example (the oracle's and the verifier's)
+@pytest.mark.parametrize("name, kw", [c for c in CONFIGS if c[0] == "codeio"])
+def test_scripted_oracle_scores_one_on_more_codeio(tasks, name, kw):
+    _oracle_scores_one(_get(tasks, name, **kw), name, codeio_examples=40)
 
 
 # --- random answers score about chance --------------------------------------------------------

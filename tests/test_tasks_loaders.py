@@ -71,6 +71,7 @@ def _check_codeio(task):
     return exs
 
 
+@pytest.mark.slow  # imports datasets and tensorflow-datasets
 def test_codeio_real_from_file_hf_and_tfds(tmp_path):
     path = tmp_path / "pyedur_raw.jsonl"
     write_jsonl(str(path), CODEIO_ROWS)
@@ -364,6 +365,7 @@ def test_gsm_symbolic_source():
         assert task.verify(e, f"\\boxed{{{int(e.gold) + 1}}}").reward == 0.0
 
 
+@pytest.mark.slow  # reasoning-gym generation + sandbox runs
 def test_reasoning_gym_codeio_source():
     sizes = {"train": 3, "validation": 1, "test": 1}
     task = get_task("codeio", source="reasoning_gym", sizes=sizes, mode="both")

@@ -92,19 +92,6 @@ def _first(records: Iterable[Mapping[str, Any]], key: str) -> Any:
     return next((r[key] for r in records if key in r), None)
 
 
-def _read_jsonl(path: Any) -> list[dict[str, Any]]:
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"{path}:{lineno} is not valid JSON ({e}); the file is corrupt"
-                ) from e
-    return out
-
-
 def load_run(workdir: str | os.PathLike) -> Run:
     """Reads one workdir (local path or URI such as ``gs://bucket/run``)."""
     wd = paths.workdir_path(workdir)
@@ -114,7 +101,7 @@ def load_run(workdir: str | os.PathLike) -> Run:
             f"no {metrics.METRICS_FILE} in {workdir}; pass workdirs written by fst-train "
             "(the --workdir of a run)"
         )
-    records = _read_jsonl(path)
+    records = paths.read_jsonl(path)
     raw = _first(records, "run/config")
     config = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
     return Run(wd.name, str(workdir), records, config, read_gepa_log(workdir))

@@ -1,9 +1,10 @@
 """Ahead-of-time plan: will the FST train step and sampler fit on a TPU slice, and how fast?
 
 Lowers and compiles the real jitted functions — the CISPO update from `fst_jax.rl.make_train_step`
-and the sampler's `prefill` / `decode` from `fst_jax.sampling.engine` — for a named model config
-from abstract inputs (`jax.ShapeDtypeStruct` with shardings: no weights are allocated), with the
-real TPU compiler on a TPU topology described by libtpu (`fst_jax.aot.tpu`; no TPU needed), and
+and the sampler's `prefill_stored` (contexts read from the context store) / `store_contexts` /
+`decode` from `fst_jax.sampling.engine` — for a named model config from abstract inputs
+(`jax.ShapeDtypeStruct` with shardings: no weights are allocated), with the real TPU compiler on
+a TPU topology described by libtpu (`fst_jax.aot.tpu`; no TPU needed), and
 reads per-chip HBM from `compiled.memory_analysis()` (arguments, outputs, temporaries, generated
 code, aliasing). For the recommended candidate, `cost_analysis()` (flops, bytes, the compiler's
 `optimal_seconds`, loop-corrected: see `estimate_costs`) gives an estimated step time, MFU and
@@ -37,8 +38,10 @@ from fst_jax.aot.core import (
     Slice,
     Workload,
     budget_bytes,
+    compile_context_store,
     compile_sampler,
     compile_train_step,
+    context_store_bytes,
     cost_stats,
     estimate_costs,
     evaluate_point,
@@ -69,8 +72,10 @@ __all__ = [
     "Slice",
     "Workload",
     "budget_bytes",
+    "compile_context_store",
     "compile_sampler",
     "compile_train_step",
+    "context_store_bytes",
     "cost_stats",
     "default_points",
     "estimate_costs",

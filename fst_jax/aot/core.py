@@ -228,65 +228,149 @@ def compile_train_step(
     return compiled, _device_bytes(state), (state, batch)
 
 
+def _sampler_shapes(workload: Workload, rows: int) -> tuple[int, int, int]:
+    """(contexts, pairs, task length) of one RL sampler call of `rows` rows: every bank row in
+    use (the population + the no-context row, an upper bound), each problem's rollouts spread
+    over min(group, contexts) of them (one prefill per (problem, context) pair)."""
+    w = workload
+    contexts = w.bank_prompts + 1
+    problems = max(1, -(-rows // w.group))
+    pairs = min(rows, problems * min(w.group, contexts))
+    task_len = w.prompt_len - w.bank_len - SUFFIX_LEN
+    if task_len < 1:
+        raise ValueError(
+            f"prompt_len={w.prompt_len} leaves no room for a task after bank_len={w.bank_len} and "
+            f"a {SUFFIX_LEN}-token suffix; raise prompt_len or lower bank_len"
+        )
+    return contexts, pairs, task_len
+
+
+SUFFIX_LEN = 8  # the chat template's assistant-turn suffix, in tokens (about)
+
+
 def compile_sampler(
     model_config: Any, mesh: Any, workload: Workload, rows: int, one_step: bool = False
 ):
-    """Lower + compile the sampler's prefill and decode for one call of `rows` rows.
+    """Lower + compile the sampler's prefill and decode for one call of `rows` rows, as the
+    run's sampler makes them (`Sampler.sample` with a batch `sharding`).
 
     Sampling layout as `fst_jax.sampling` runs it: a copy of the weights with matrices cast to
-    `config.dtype`, in the trainer's layout (FSDP × tensor), rows over data×fsdp, a fresh KV cache
-    of prompt + response length. Returns (prefill, decode, per-device sampler-param bytes).
+    `config.dtype`, in the trainer's layout (FSDP × tensor), rows over data×fsdp. Prefill is
+    `engine.prefill_stored`: the contexts' keys/values come from the context store (replicated,
+    `DEFAULT_CONTEXT_SLOTS` × bank_len), each (problem, context) pair's task + suffix is prefilled
+    once on top and broadcast to its rows' KV cache of prompt + response length
+    (`engine.prefill_shared` instead when the bank has more rows than the store has slots).
+    Returns (prefill, decode, per-device sampler-param bytes); `compile_context_store` compiles
+    the store's fill.
     """
     import jax
     import jax.numpy as jnp
 
     from fst_jax import sharding
-    from fst_jax.models.decoder import param_shapes
     from fst_jax.sampling import engine
-    from fst_jax.sampling.select import SamplingParams
+
+    params = _sampler_params(model_config, mesh)
+    rep, bs = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    w = workload
+    contexts, pairs, task_len = _sampler_shapes(w, rows)
+
+    def a(shape, dtype, s=rep):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=s)
+
+    static = _sampler_static(model_config, w)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    shared_args = (
+        a((contexts, w.bank_len), jnp.int32),
+        a((contexts,), jnp.int32),
+        a((SUFFIX_LEN,), jnp.int32),
+        a((), jnp.int32),
+        a((pairs,), jnp.int32),
+        a((pairs, task_len), jnp.int32),
+        a((pairs,), jnp.int32),
+        a((rows,), jnp.int32, bs),
+        a((rows,), jnp.int32, bs),
+        jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
+    )
+    from fst_jax.sampling.sampler import DEFAULT_CONTEXT_SLOTS
+
+    fn, pre_args = engine.prefill_shared, (params, *shared_args)
+    if contexts <= DEFAULT_CONTEXT_SLOTS:
+        fn = engine.prefill_stored
+        pre_args = (params, _store_shapes(model_config, mesh, w), a((contexts,), jnp.int32),
+                    *shared_args)  # fmt: skip
+    with jax.set_mesh(mesh):
+        pre = fn.lower(*static, *pre_args).compile()
+        # Decode takes prefill's output state, with the shardings prefill produced.
+        state_shapes = jax.eval_shape(lambda *xs: fn(*static, *xs), *pre_args)
+        state = _abstract(state_shapes, pre.output_shardings)
+        decode_fn = engine.decode if not one_step else _one_decode_step
+        dec = decode_fn.lower(*static, params, state).compile()
+    return pre, dec, _device_bytes(params)
+
+
+def _sampler_params(model_config: Any, mesh: Any) -> Any:
+    import jax.numpy as jnp
+
+    from fst_jax import sharding
+    from fst_jax.models.decoder import param_shapes
 
     dt = jnp.dtype(model_config.dtype)
     pshapes = jax.tree.map(  # what cast_params_for_sampling produces
         lambda x: jax.ShapeDtypeStruct(x.shape, dt if len(x.shape) >= 2 else x.dtype),
         param_shapes(model_config),
     )
-    params = _abstract(pshapes, sharding.param_shardings(model_config, mesh))
-    rep, bs = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    w = workload
-    suffix_len = 8
-    task_len = w.prompt_len - w.bank_len - suffix_len
-    if task_len < 1:
-        raise ValueError(
-            f"prompt_len={w.prompt_len} leaves no room for a task after bank_len={w.bank_len} and "
-            f"a {suffix_len}-token suffix; raise prompt_len or lower bank_len"
-        )
+    return _abstract(pshapes, sharding.param_shardings(model_config, mesh))
 
-    def a(shape, dtype, s=rep):
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=s)
 
-    sampling = SamplingParams(temperature=1.0, max_new_tokens=w.response_len)
-    static = (model_config, sampling, 0, (1, 2))
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    pre_args = (
-        params,
-        a((w.bank_prompts + 1, w.bank_len), jnp.int32),
-        a((w.bank_prompts + 1,), jnp.int32),
-        a((suffix_len,), jnp.int32),
-        a((), jnp.int32),
-        a((rows,), jnp.int32, bs),
-        a((rows, task_len), jnp.int32, bs),
-        a((rows,), jnp.int32, bs),
-        a((rows,), jnp.int32, bs),
-        jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep),
+def _sampler_static(model_config: Any, workload: Workload) -> tuple[Any, ...]:
+    """(config, sampling, pad_id, stop_ids): the static arguments of the engine's functions."""
+    from fst_jax.sampling.select import SamplingParams
+
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=workload.response_len)
+    return (model_config, sampling, 0, (1, 2))
+
+
+def _store_shapes(model_config: Any, mesh: Any, workload: Workload) -> Any:
+    """The sampler's context store (`fst_jax.sampling.ContextCache`), replicated on `mesh`."""
+    from fst_jax import sharding
+    from fst_jax.sampling import engine
+    from fst_jax.sampling.sampler import DEFAULT_CONTEXT_SLOTS
+
+    rep = sharding.replicated(mesh)
+    shapes = jax.eval_shape(
+        lambda: engine.init_context_store(model_config, DEFAULT_CONTEXT_SLOTS, workload.bank_len)
+    )
+    return _abstract(shapes, jax.tree.map(lambda _: rep, shapes))
+
+
+def context_store_bytes(model_config: Any, mesh: Any, workload: Workload) -> int:
+    """Per-device bytes of the sampler's context store (resident while sampling)."""
+    return _device_bytes(_store_shapes(model_config, mesh, workload))
+
+
+def compile_context_store(model_config: Any, mesh: Any, workload: Workload, rows: int):
+    """Lower + compile `engine.store_contexts` for a call whose contexts are all new (the first
+    RL call after an update): every bank row in use prefilled into the replicated store."""
+    import jax.numpy as jnp
+
+    from fst_jax import sharding
+    from fst_jax.sampling import engine
+
+    rep = sharding.replicated(mesh)
+    contexts, _, _ = _sampler_shapes(workload, rows)
+
+    def a(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=rep)
+
+    args = (
+        _sampler_params(model_config, mesh),
+        _store_shapes(model_config, mesh, workload),
+        a((contexts, workload.bank_len), jnp.int32),
+        a((contexts,), jnp.int32),
+        a((contexts,), jnp.int32),
     )
     with jax.set_mesh(mesh):
-        pre = engine.prefill.lower(*static, *pre_args).compile()
-        # Decode takes prefill's output state, with the shardings prefill produced.
-        state_shapes = jax.eval_shape(lambda *xs: engine.prefill(*static, *xs), *pre_args)
-        state = _abstract(state_shapes, pre.output_shardings)
-        decode_fn = engine.decode if not one_step else _one_decode_step
-        dec = decode_fn.lower(*static, params, state).compile()
-    return pre, dec, _device_bytes(params)
+        return engine.store_contexts.lower(model_config, *args).compile()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
@@ -365,23 +449,23 @@ def evaluate_sampler(
     dtype: str,
     target: str | None = None,
 ) -> dict[str, Any]:
-    """Compile prefill + decode for rows / sample_chunks rows; the train state stays resident."""
+    """Compile prefill + decode for rows / sample_chunks rows; the train state stays resident,
+    and so does the context store (an argument of prefill, held through decode)."""
     _check_split(workload.rows, point.sample_chunks, point.batch_shards, "sampler calls")
     mesh = _mesh_for(point, target)
     t0 = time.perf_counter()
-    pre, dec, pbytes = compile_sampler(
-        model_for(model, point, param_dtype, dtype, target),
-        mesh,
-        workload,
-        workload.rows // point.sample_chunks,
-    )
+    cfg = model_for(model, point, param_dtype, dtype, target)
+    rows = workload.rows // point.sample_chunks
+    pre, dec, pbytes = compile_sampler(cfg, mesh, workload, rows)
+    store = context_store_bytes(cfg, mesh, workload)
     res = {
         "prefill": memory_stats(pre),
         "decode": memory_stats(dec),
         "sampler_params": pbytes,
+        "context_store": store,
         "sampler_compile_s": round(time.perf_counter() - t0, 1),
     }
-    res["sample_total"] = state_bytes + max(res["prefill"]["total"], res["decode"]["total"])
+    res["sample_total"] = state_bytes + max(res["prefill"]["total"], res["decode"]["total"] + store)
     return res
 
 

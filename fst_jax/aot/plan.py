@@ -124,7 +124,8 @@ def search_point(
             )
             if sr["sample_total"] <= limit:
                 break
-            fixed = tr["train_state"] + sr["sampler_params"]  # resident whatever the call size
+            # resident whatever the call size
+            fixed = tr["train_state"] + sr["sampler_params"] + sr["context_store"]
             nxt = _grow(chunks, sr["sample_total"], limit, fixed, cap)
             if nxt is None:
                 break

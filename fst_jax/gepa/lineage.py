@@ -21,7 +21,6 @@ Row kinds (``"kind"``):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -102,55 +101,38 @@ def usage_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str
 
 
 class GepaLog:
-    """Appends rows to ``<workdir>/gepa_log.jsonl`` (process 0 only; a no-op elsewhere). A URI
-    workdir (gs://...) is written through a local staged copy, uploaded after every round, as
-    ``metrics.MetricsWriter`` does."""
+    """Appends rows to ``<workdir>/gepa_log.jsonl`` (process 0 only; a no-op elsewhere), through
+    `fst_jax.paths.JsonlLog` like ``metrics.jsonl`` (a URI workdir is uploaded after every
+    round). The file is created on the first row: an rl run leaves no empty log behind."""
 
     def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True) -> None:
         from fst_jax import paths
 
         self.enabled = enabled
         self.path = paths.workdir_path(workdir) / GEPA_LOG_FILE
-        self._stage = paths.StagedFile(self.path) if enabled else None
-        self._file = None  # opened on the first write: an rl run leaves no empty log behind
+        self._log = paths.JsonlLog(self.path, lazy=True, ensure_ascii=False) if enabled else None
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        if not self.enabled:
-            return
-        if self._file is None:
-            self._file = open(self._stage.local, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
-        for row in rows:
-            self._file.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-        self._file.flush()
-        self._stage.sync()
+        if self._log is not None:
+            self._log.write(rows)
 
     def offset(self) -> int:
         """Bytes written so far (stored in checkpoints; :func:`truncate` restores it)."""
-        if not self.enabled:
-            return 0
-        if self._file is None:
-            local = self._stage.local
-            return os.path.getsize(local) if os.path.exists(local) else 0
-        self._file.flush()
-        return self._file.tell()
+        return self._log.offset() if self._log is not None else 0
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._stage is not None:
-            self._stage.sync()
-            self._stage.cleanup()
-            self._stage = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 def truncate(workdir: str | os.PathLike, offset: int | None) -> None:
     """Cuts the log back to ``offset`` bytes (rows of cycles after the checkpoint get redone).
     ``None`` (a checkpoint written before the log existed) empties it: nothing in it predates
     that checkpoint."""
-    from fst_jax import metrics, paths
+    from fst_jax import paths
 
-    metrics.truncate_jsonl(paths.workdir_path(workdir) / GEPA_LOG_FILE, offset or 0)
+    paths.truncate_jsonl(paths.workdir_path(workdir) / GEPA_LOG_FILE, offset or 0)
 
 
 def read_gepa_log(workdir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -158,15 +140,4 @@ def read_gepa_log(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     from fst_jax import paths
 
     path = paths.workdir_path(workdir) / GEPA_LOG_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"{path}:{lineno} is not valid JSON ({e}); the log is corrupt"
-                ) from e
-    return rows
+    return paths.read_jsonl(path) if path.exists() else []

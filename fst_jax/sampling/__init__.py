@@ -5,8 +5,10 @@ Public API:
   SamplingParams(temperature, top_k, top_p, max_new_tokens, greedy, stop_token_ids)
   Sampler(config, tokenizer).sample(params, bank, prompt_idx, tasks, key, sampling) -> Rollouts
   generate_chat(config, params, tokenizer, conversations, sampling, key) -> list[str]
+  ContextCache: contexts' keys/values across calls (`Sampler(context_cache=slots)`)
 """
 
+from fst_jax.sampling.context_cache import ContextCache
 from fst_jax.sampling.engine import compose_prompts, num_compilations
 from fst_jax.sampling.prompt_bank import (
     ChatLayout,
@@ -26,6 +28,7 @@ from fst_jax.sampling.select import SamplingParams, select_tokens
 
 __all__ = [
     "ChatLayout",
+    "ContextCache",
     "PromptBank",
     "Rollouts",
     "Sampler",

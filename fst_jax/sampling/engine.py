@@ -8,7 +8,10 @@ The jitted functions, all pure:
 * `prefill_shared(...)` does the same from deduplicated inputs: each distinct context (bank row)
   is prefilled once, each distinct (context, task) pair's task + suffix once on top of its
   context's cached keys/values, and the pair caches are broadcast to the rows that share them
-  (an RL step's G/K rollouts of one problem and context). The sampler uses it by default.
+  (an RL step's G/K rollouts of one problem and context).
+* `prefill_stored(...)` is `prefill_shared` with the contexts' keys/values read from a context
+  store (slots of prefilled contexts kept across calls for one parameter version, filled by
+  `store_contexts`; see `fst_jax.sampling.context_cache`). The sampler uses it by default.
 * `decode(...)` (state donated, so the cache is updated in place) runs one-token decoder steps in a
   `lax.while_loop` until every row has emitted a stop token or `max_new_tokens` tokens.
 * `finalize(state)` assembles the RL "training layout" (see `training_layout`).
@@ -88,6 +91,38 @@ def _is_stop(tokens: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
     return hit
 
 
+def _first_token_state(
+    sampling: SamplingParams,
+    pad_id: int,
+    stop_ids: tuple[int, ...],
+    cache: Any,
+    prompt: jax.Array,
+    prompt_len: jax.Array,
+    logits: jax.Array,
+    row_ids: jax.Array,
+    key: jax.Array,
+) -> DecodeState:
+    """Sample each row's first token from its last-prompt-position logits [B, V] and start the
+    decode carry (shared by every prefill variant)."""
+    b, tg = prompt.shape[0], sampling.max_new_tokens
+    row_keys = row_keys_from(key, row_ids)
+    tok, logp, raw = select_tokens(logits, step_keys(row_keys, jnp.int32(0)), sampling)
+    zeros = jnp.zeros((b, tg), jnp.float32)
+    return DecodeState(
+        cache=cache,
+        prompt=prompt,
+        prompt_len=prompt_len,
+        gen=jnp.full((b, tg), pad_id, jnp.int32).at[:, 0].set(tok),
+        logps=zeros.at[:, 0].set(logp),
+        raw_logps=zeros.at[:, 0].set(raw),
+        gen_len=jnp.ones((b,), jnp.int32),
+        done=_is_stop(tok, stop_ids),
+        last=tok,
+        step=jnp.ones((), jnp.int32),
+        row_keys=row_keys,
+    )
+
+
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "pad_id", "stop_ids"))
 def prefill(
     config: ModelConfig,
@@ -110,27 +145,11 @@ def prefill(
         table, lengths, suffix, suffix_length, prompt_idx, task_tokens, task_lengths, pad_id
     )
     b, length = prompt.shape
-    tg = sampling.max_new_tokens
-    cache = decoder.init_cache(config, b, length + tg)
+    cache = decoder.init_cache(config, b, length + sampling.max_new_tokens)
     hidden, cache = decoder.forward(config, params, prompt, positions, cache, return_hidden=True)
     last_hidden = jnp.take_along_axis(hidden, (plen - 1)[:, None, None], axis=1)[:, 0]
     logits = decoder.unembed(config, params, last_hidden)
-    row_keys = row_keys_from(key, row_ids)
-    tok, logp, raw = select_tokens(logits, step_keys(row_keys, jnp.int32(0)), sampling)
-    zeros = jnp.zeros((b, tg), jnp.float32)
-    return DecodeState(
-        cache=cache,
-        prompt=prompt,
-        prompt_len=plen,
-        gen=jnp.full((b, tg), pad_id, jnp.int32).at[:, 0].set(tok),
-        logps=zeros.at[:, 0].set(logp),
-        raw_logps=zeros.at[:, 0].set(raw),
-        gen_len=jnp.ones((b,), jnp.int32),
-        done=_is_stop(tok, stop_ids),
-        last=tok,
-        step=jnp.ones((), jnp.int32),
-        row_keys=row_keys,
-    )
+    return _first_token_state(sampling, pad_id, stop_ids, cache, prompt, plen, logits, row_ids, key)
 
 
 def _take_rows(config: ModelConfig, cache: Any, rows: jax.Array, extra: int) -> Any:
@@ -145,6 +164,70 @@ def _take_rows(config: ModelConfig, cache: Any, rows: jax.Array, extra: int) -> 
 
     pos = jnp.pad(jnp.take(cache["pos"], rows, axis=0), ((0, 0), (0, extra)), constant_values=-1)
     return {"layers": jax.tree.map(kv, cache["layers"]), "pos": pos, "index": cache["index"]}
+
+
+def _context_cache(
+    config: ModelConfig, params: Any, ctx_tokens: jax.Array, ctx_lengths: jax.Array
+) -> Any:
+    """Stage 1: a [C, Lp] cache of the contexts (columns past a context's length: position -1)."""
+    c, lp = ctx_tokens.shape
+    j = jnp.arange(lp, dtype=jnp.int32)[None, :]
+    ctx_pos = jnp.where(j < ctx_lengths[:, None], j, -1)
+    cache = decoder.init_cache(config, c, lp)
+    _, cache = decoder.forward(config, params, ctx_tokens, ctx_pos, cache, return_hidden=True)
+    return cache
+
+
+def _prefill_on_contexts(
+    config: ModelConfig,
+    sampling: SamplingParams,
+    pad_id: int,
+    stop_ids: tuple[int, ...],
+    params: Any,
+    cache: Any,
+    ctx_tokens: jax.Array,
+    ctx_lengths: jax.Array,
+    suffix: jax.Array,
+    suffix_length: jax.Array,
+    pair_ctx: jax.Array,
+    task_tokens: jax.Array,
+    task_lengths: jax.Array,
+    row_pair: jax.Array,
+    row_ids: jax.Array,
+    key: jax.Array,
+) -> DecodeState:
+    """Stages 2-3 of `prefill_shared` on a filled [C, Lp] context cache (index = Lp)."""
+    u, lt = task_tokens.shape
+    ls = suffix.shape[0]
+    tg = sampling.max_new_tokens
+
+    # Stage 2: task ++ suffix per pair, at positions after its context.
+    plen = jnp.take(ctx_lengths, pair_ctx)[:, None]
+    tlen = task_lengths[:, None]
+    buf = jnp.concatenate([task_tokens, jnp.broadcast_to(suffix, (u, ls))], axis=1)
+    q = jnp.arange(lt + ls, dtype=jnp.int32)[None, :]
+    src = jnp.where(q < tlen, q, lt + q - tlen)
+    qlen = tlen + suffix_length
+    valid = q < qlen
+    qtok = jnp.where(valid, jnp.take_along_axis(buf, jnp.where(valid, src, 0), axis=1), pad_id)
+    qpos = jnp.where(valid, plen + q, -1).astype(jnp.int32)
+    pair_cache = _take_rows(config, cache, pair_ctx, lt + ls)
+    hidden, pair_cache = decoder.forward(
+        config, params, qtok.astype(jnp.int32), qpos, pair_cache, return_hidden=True
+    )
+    last_hidden = jnp.take_along_axis(hidden, (qlen - 1)[:, :, None], axis=1)[:, 0]
+    logits = decoder.unembed(config, params, last_hidden)  # [U, V]
+
+    # Stage 3: rows.
+    row_cache = _take_rows(config, pair_cache, row_pair, tg)
+    prompt, _, prompt_len = compose_prompts(
+        ctx_tokens, ctx_lengths, suffix, suffix_length, jnp.take(pair_ctx, row_pair),
+        jnp.take(task_tokens, row_pair, axis=0), jnp.take(task_lengths, row_pair), pad_id,
+    )  # fmt: skip
+    row_logits = jnp.take(logits, row_pair, axis=0)
+    return _first_token_state(
+        sampling, pad_id, stop_ids, row_cache, prompt, prompt_len, row_logits, row_ids, key
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "pad_id", "stop_ids"))
@@ -175,56 +258,95 @@ def prefill_shared(
     token with its own key. Same state as `prefill` (prompts composed contiguously), except that
     the cache holds the context in its first Lp slots (padding there has position -1).
     """
-    c, lp = ctx_tokens.shape
-    u, lt = task_tokens.shape
-    ls = suffix.shape[0]
-    b, tg = row_pair.shape[0], sampling.max_new_tokens
-    j = jnp.arange(lp, dtype=jnp.int32)[None, :]
-    ctx_pos = jnp.where(j < ctx_lengths[:, None], j, -1)
-    cache = decoder.init_cache(config, c, lp)
-    _, cache = decoder.forward(config, params, ctx_tokens, ctx_pos, cache, return_hidden=True)
-
-    # Stage 2: task ++ suffix per pair, at positions after its context.
-    plen = jnp.take(ctx_lengths, pair_ctx)[:, None]
-    tlen = task_lengths[:, None]
-    buf = jnp.concatenate([task_tokens, jnp.broadcast_to(suffix, (u, ls))], axis=1)
-    q = jnp.arange(lt + ls, dtype=jnp.int32)[None, :]
-    src = jnp.where(q < tlen, q, lt + q - tlen)
-    qlen = tlen + suffix_length
-    valid = q < qlen
-    qtok = jnp.where(valid, jnp.take_along_axis(buf, jnp.where(valid, src, 0), axis=1), pad_id)
-    qpos = jnp.where(valid, plen + q, -1).astype(jnp.int32)
-    pair_cache = _take_rows(config, cache, pair_ctx, lt + ls)
-    hidden, pair_cache = decoder.forward(
-        config, params, qtok.astype(jnp.int32), qpos, pair_cache, return_hidden=True
-    )
-    last_hidden = jnp.take_along_axis(hidden, (qlen - 1)[:, :, None], axis=1)[:, 0]
-    logits = decoder.unembed(config, params, last_hidden)  # [U, V]
-
-    # Stage 3: rows.
-    row_cache = _take_rows(config, pair_cache, row_pair, tg)
-    prompt, _, prompt_len = compose_prompts(
-        ctx_tokens, ctx_lengths, suffix, suffix_length, jnp.take(pair_ctx, row_pair),
-        jnp.take(task_tokens, row_pair, axis=0), jnp.take(task_lengths, row_pair), pad_id,
+    cache = _context_cache(config, params, ctx_tokens, ctx_lengths)
+    return _prefill_on_contexts(
+        config, sampling, pad_id, stop_ids, params, cache, ctx_tokens, ctx_lengths, suffix,
+        suffix_length, pair_ctx, task_tokens, task_lengths, row_pair, row_ids, key,
     )  # fmt: skip
-    row_keys = row_keys_from(key, row_ids)
-    tok, logp, raw = select_tokens(
-        jnp.take(logits, row_pair, axis=0), step_keys(row_keys, jnp.int32(0)), sampling
-    )
-    zeros = jnp.zeros((b, tg), jnp.float32)
-    return DecodeState(
-        cache=row_cache,
-        prompt=prompt,
-        prompt_len=prompt_len,
-        gen=jnp.full((b, tg), pad_id, jnp.int32).at[:, 0].set(tok),
-        logps=zeros.at[:, 0].set(logp),
-        raw_logps=zeros.at[:, 0].set(raw),
-        gen_len=jnp.ones((b,), jnp.int32),
-        done=_is_stop(tok, stop_ids),
-        last=tok,
-        step=jnp.ones((), jnp.int32),
-        row_keys=row_keys,
-    )
+
+
+# ----------------------------------------------------------------- context store (across calls)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "slots", "width", "sharding"))
+def init_context_store(
+    config: ModelConfig, slots: int, width: int, sharding: jax.sharding.Sharding | None = None
+) -> Any:
+    """An empty store of `slots` context caches, `width` columns each (every position -1),
+    laid out with `sharding` (replicated over the mesh for sharded sampler calls) if given."""
+    store = decoder.init_cache(config, slots, width)
+    return store if sharding is None else jax.lax.with_sharding_constraint(store, sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("store",))
+def store_contexts(
+    config: ModelConfig,
+    params: Any,
+    store: Any,
+    ctx_tokens: jax.Array,
+    ctx_lengths: jax.Array,
+    slots: jax.Array,
+) -> Any:
+    """Prefill contexts int32[M, Lm] (stage 1 of `prefill_shared`) into store slots int32[M]
+    (store updated in place: donated). Lm ≤ the store's width; a slot ≥ the store's size is
+    dropped (batch padding)."""
+    cache = _context_cache(config, params, ctx_tokens, ctx_lengths)
+    width = store["pos"].shape[1]
+    axis = 1 if config.scan_layers else 0
+    extra = width - ctx_tokens.shape[1]
+
+    def put(dst: jax.Array, src: jax.Array) -> jax.Array:
+        pad = [(0, 0)] * src.ndim
+        pad[axis + 1] = (0, extra)
+        src = jnp.moveaxis(jnp.pad(src, pad), axis, 0)
+        out = jnp.moveaxis(dst, axis, 0).at[slots].set(src, mode="drop")
+        return jnp.moveaxis(out, 0, axis)
+
+    pos = jnp.pad(cache["pos"], ((0, 0), (0, extra)), constant_values=-1)
+    return {
+        "layers": jax.tree.map(put, store["layers"], cache["layers"]),
+        "pos": store["pos"].at[slots].set(pos, mode="drop"),
+        "index": store["index"],
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "pad_id", "stop_ids"))
+def prefill_stored(
+    config: ModelConfig,
+    sampling: SamplingParams,
+    pad_id: int,
+    stop_ids: tuple[int, ...],
+    params: Any,
+    store: Any,
+    ctx_slots: jax.Array,
+    ctx_tokens: jax.Array,
+    ctx_lengths: jax.Array,
+    suffix: jax.Array,
+    suffix_length: jax.Array,
+    pair_ctx: jax.Array,
+    task_tokens: jax.Array,
+    task_lengths: jax.Array,
+    row_pair: jax.Array,
+    row_ids: jax.Array,
+    key: jax.Array,
+) -> DecodeState:
+    """`prefill_shared` with stage 1 read from a context store (`store_contexts`): context c's
+    keys/values are store slot ctx_slots[c], cut to Lp = ctx_tokens' width; ctx_tokens are
+    still passed to compose the prompts of the training layout."""
+    lp = ctx_tokens.shape[1]
+    axis = 1 if config.scan_layers else 0
+    cache = _take_rows(config, store, ctx_slots, 0)
+    cache = {
+        "layers": jax.tree.map(
+            lambda x: jax.lax.slice_in_dim(x, 0, lp, axis=axis + 1), cache["layers"]
+        ),
+        "pos": cache["pos"][:, :lp],
+        "index": jnp.asarray(lp, jnp.int32),
+    }
+    return _prefill_on_contexts(
+        config, sampling, pad_id, stop_ids, params, cache, ctx_tokens, ctx_lengths, suffix,
+        suffix_length, pair_ctx, task_tokens, task_lengths, row_pair, row_ids, key,
+    )  # fmt: skip
 
 
 def _decode_step(
@@ -321,6 +443,9 @@ def num_compilations() -> int:
     return (
         prefill._cache_size()
         + prefill_shared._cache_size()
+        + prefill_stored._cache_size()
+        + init_context_store._cache_size()
+        + store_contexts._cache_size()
         + decode._cache_size()
         + finalize._cache_size()
     )

@@ -3,7 +3,8 @@
 `Sampler.sample(params, bank, prompt_idx, tasks, key, sampling)` is the one call every rollout
 goes through (RL steps, GEPA evaluations, validation). It checks every input on the host before
 any device work, pads the batch and the task tokens to static buckets (so only a new bucket or
-new `SamplingParams` compile), runs the jitted `engine.prefill` / `engine.decode`, slices the
+new `SamplingParams` compile), runs the jitted prefill (`engine.prefill_stored` by default,
+contexts read from the `ContextCache`) and `engine.decode`, slices the
 padding rows away and decodes completion texts once per batch.
 
 `generate_chat(config, params, tokenizer, conversations, sampling, key)` renders whole chat
@@ -26,12 +27,16 @@ from fst_jax.models import decoder
 from fst_jax.models.config import ModelConfig
 from fst_jax.rows import row_blocks, rows_of
 from fst_jax.sampling import engine
+from fst_jax.sampling.context_cache import ContextCache
 from fst_jax.sampling.prompt_bank import PromptBank, raw_bank, tokenizer_fingerprint
 from fst_jax.sampling.select import SamplingParams
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_TASK_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_PREFIX_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Contexts kept across calls: an RL step's K contexts + the no-context row, a GEPA candidate
+# between its minibatch and anchor evaluations, the evaluation's best prompt.
+DEFAULT_CONTEXT_SLOTS = 16
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -130,8 +135,8 @@ def _to_layout(config: ModelConfig, params: Any, layout: str) -> Any:
 
 def _replicated(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
     """A host array (the same on every process) replicated over `sharding`'s devices."""
-    if isinstance(x, jax.Array) and jax.process_count() == 1:
-        return x
+    if isinstance(x, dict) or (isinstance(x, jax.Array) and jax.process_count() == 1):
+        return x  # a dict: the context store, already laid out over the mesh
     x = np.asarray(x)
     if isinstance(sharding, jax.sharding.NamedSharding):
         rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
@@ -157,6 +162,12 @@ class Sampler:
     caches to the rows that share them (`engine.prefill_shared`); context and task widths are
     buckets of the real lengths (`prefix_buckets`, `task_buckets`), not the bank's `max_len`.
     False: every row prefills its whole padded prompt (`engine.prefill`; the reference path).
+
+    `context_cache` (slots, 0 = off; needs `prefix_cache`): contexts' keys/values are also kept
+    across calls for the current parameter version (`ContextCache`, least recently used out),
+    so a call prefills only the contexts it has not seen under these params
+    (`engine.prefill_stored`). Not used for `sharding=` calls (multi-host), which prefill their
+    contexts per call.
     """
 
     def __init__(
@@ -170,6 +181,7 @@ class Sampler:
         kernel_layout: str = "auto",
         prefix_cache: bool = True,
         prefix_buckets: Sequence[int] = DEFAULT_PREFIX_BUCKETS,
+        context_cache: int = DEFAULT_CONTEXT_SLOTS,
     ) -> None:
         if len(tokenizer) > config.vocab_size:
             raise ValueError(
@@ -190,6 +202,9 @@ class Sampler:
         self.engine_config = config.replace(kernel_layout=layout)
         self.prefix_cache = prefix_cache
         self.prefix_buckets = tuple(sorted(prefix_buckets))
+        if context_cache < 0:
+            raise ValueError(f"context_cache={context_cache}; use a slot count >= 0 (0 = off)")
+        self.context_cache = ContextCache(context_cache) if context_cache else None
         self._raw_bank: PromptBank | None = None
         self._prepared: tuple[list[Any], PreparedParams] | None = None
 
@@ -320,6 +335,11 @@ class Sampler:
         if self.prefix_cache:
             fixed, row_pair = self._shared_inputs(bank, idx, tasks)
             fn, rows, fills = engine.prefill_shared, (row_pair,), (0,)
+            if self.context_cache is not None:
+                params = self.prepare_params(params)
+                stored = self._stored(params, bank, idx, fixed, sharding, timings)
+                if stored is not None:  # None: more contexts than slots
+                    fixed, fn = stored, engine.prefill_stored
         else:
             fixed = (bank.table, bank.lengths, bank.suffix, bank.suffix_length)
             fn = engine.prefill
@@ -335,7 +355,7 @@ class Sampler:
             for x, f in zip(rows[:-1], fills)
         ]
         padded.append(np.concatenate([rows[-1], -1 - np.arange(pad, dtype=np.int32)]))
-        fixed = tuple(jnp.asarray(x) for x in fixed)
+        fixed = tuple(jnp.asarray(x) if isinstance(x, np.ndarray) else x for x in fixed)
         out = self._run(
             params, sampling, key, timings, fn, *fixed, *(jnp.asarray(x) for x in padded)
         )
@@ -383,6 +403,63 @@ class Sampler:
         fixed = (ctx_tok, ctx_len, bank.suffix, bank.suffix_length, pair_ctx, pair_tok, pair_len)
         return fixed, row_pair
 
+    def _stored(
+        self,
+        prepared: PreparedParams,
+        bank: PromptBank,
+        idx: np.ndarray,
+        fixed: tuple[Any, ...],
+        sharding: jax.sharding.Sharding | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> tuple[Any, ...] | None:
+        """`prefill_stored`'s inputs: the context store and each context's slot, after
+        prefilling the contexts the store lacks (`fixed` as made by `_shared_inputs`); None
+        when the call has more distinct contexts than the cache has slots. `timings` gets
+        context_store_s (the prefill of the new contexts; `_run` adds it to prefill_s)."""
+        cache = self.context_cache
+        assert cache is not None
+        ctx_ids = np.unique(idx)
+        lens = bank.lengths_host[ctx_ids]
+        table = bank.host_table()
+        keys = [table[c, :n].tobytes() for c, n in zip(ctx_ids, lens)]
+        width = table.shape[1]
+        rep = None  # sharded calls: the store is replicated over the mesh, like the bank
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        got = cache.assign(prepared, self.engine_config, width, keys, rep)
+        if got is None:
+            return None
+        store, slots, missing = got
+        if missing:
+            m = len(missing)
+            mb = _batch_bucket(m, self.batch_buckets)
+            longest = max(int(lens[missing].max()), 1)
+            lm = width
+            if longest <= self.prefix_buckets[-1]:
+                lm = min(_bucket(longest, self.prefix_buckets, "Context length"), width)
+            tok = np.full((mb, lm), self._pad_id(), np.int32)
+            tok[:m] = table[ctx_ids[missing], :lm]
+            mlen = np.zeros((mb,), np.int32)
+            mlen[:m] = lens[missing]
+            dst = np.full((mb,), cache.slots, np.int32)  # padding rows: dropped
+            dst[:m] = slots[missing]
+            args = (tok, mlen, dst)
+            if rep is not None:
+                args = tuple(_replicated(x, rep) for x in args)
+            t0 = time.perf_counter()
+            try:
+                store = engine.store_contexts(self.engine_config, prepared.params, store, *args)
+                if timings is not None:
+                    jax.block_until_ready(store)
+                    timings["context_store_s"] = time.perf_counter() - t0
+            except BaseException:
+                cache.clear()  # the keys were assigned but not filled (and the store donated)
+                raise
+            cache.update(width, store, rep)
+        ctx_slots = np.full((fixed[0].shape[0],), slots[0], np.int32)  # bucket padding
+        ctx_slots[: len(slots)] = slots
+        return (store, ctx_slots, *fixed)
+
     def _rollouts(
         self, out: dict[str, Any], gen: np.ndarray, gen_len: np.ndarray, **extra: Any
     ) -> Rollouts:
@@ -419,7 +496,7 @@ class Sampler:
         state = engine.decode(self.engine_config, sampling, pad_id, stop_ids, weights, state)
         if timings is not None:
             timings["steps"] = int(jax.block_until_ready(state).step)
-            timings["prefill_s"] = t1 - t0
+            timings["prefill_s"] = t1 - t0 + timings.pop("context_store_s", 0.0)
             timings["decode_s"] = time.perf_counter() - t1
         return engine.finalize(state, pad_id=pad_id)
 

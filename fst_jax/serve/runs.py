@@ -46,35 +46,6 @@ class ServedModel:
         return [c["text"] for c in self.contexts]
 
 
-def _epath(path: str | os.PathLike) -> Any:
-    """The workdir as fst-train resolves it (`fst_jax.paths`): URIs stay URIs, typos are errors."""
-    from fst_jax.paths import workdir_path
-
-    try:
-        return workdir_path(path)
-    except ValueError as e:
-        raise RunError(str(e)) from e
-
-
-def _manager(workdir: str | os.PathLike) -> tuple[Any, Any]:
-    import orbax.checkpoint as ocp
-
-    from fst_jax.checkpoint import CHECKPOINT_DIR
-
-    root = _epath(workdir)
-    ckpts = root / CHECKPOINT_DIR if (root / CHECKPOINT_DIR).exists() else root
-    if not ckpts.exists():
-        raise RunError(
-            f"{workdir} does not exist; pass the --workdir an fst-train run wrote (it holds "
-            f"a {CHECKPOINT_DIR}/ folder)"
-        )
-    mgr = ocp.CheckpointManager(ckpts, item_names=("state", "meta"))
-    if not mgr.all_steps():
-        mgr.close()
-        raise RunError(f"{ckpts} holds no checkpoint steps; was the run saved (fst-train)?")
-    return mgr, ckpts
-
-
 def _model_skeleton(flat: dict[str, Any]) -> tuple[Any, Any, str]:
     """(ModelConfig, tokenizer, spec) of the run's policy, without reading its base weights."""
     from fst_jax.errors import ConfigError
@@ -157,54 +128,31 @@ def load_run(
     workdir: str | os.PathLike, step: int | None = None, *, name: str | None = None
 ) -> ServedModel:
     """The policy and Pareto contexts of checkpoint `step` (default: latest) of an fst-train run."""
-    import orbax.checkpoint as ocp
-
+    from fst_jax.checkpoint import CheckpointError, read_meta, restore_params
     from fst_jax.models import param_shapes
 
-    mgr, ckpts = _manager(workdir)
     try:
-        steps = sorted(mgr.all_steps())
-        step = steps[-1] if step is None else int(step)
-        if step not in steps:
-            raise RunError(f"no checkpoint step {step} in {ckpts}; available steps: {steps}")
-        meta = dict(mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-        flat = meta.get("config") or {}
-        if "model.spec" not in flat:
-            raise RunError(
-                f"checkpoint step {step} in {ckpts} has no saved run config (model.spec)"
-            )
-        config, tokenizer, spec = _model_skeleton(flat)
-        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dev), param_shapes(config)
-        )
-        item = {"train": {"params": abstract}}
-        restored = mgr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=item,
-                    restore_args=jax.tree.map(
-                        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), item
-                    ),
-                    partial_restore=True,
-                )
-            ),
-        )
-    except RunError:
-        raise
+        step, meta = read_meta(workdir, step)
+    except (CheckpointError, ValueError) as e:  # ValueError: a workdir URI typo (paths)
+        raise RunError(str(e)) from e
+    flat = meta.get("config") or {}
+    if "model.spec" not in flat:
+        raise RunError(f"checkpoint step {step} in {workdir} has no saved run config (model.spec)")
+    config, tokenizer, spec = _model_skeleton(flat)
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dev), param_shapes(config)
+    )
+    try:
+        params, _ = restore_params(workdir, abstract, step, keys=("train", "params"))
+    except CheckpointError as e:
+        raise RunError(str(e)) from e
     except Exception as e:  # orbax raises many types for missing/mismatched items
         raise RunError(
-            f"could not restore the params of step {step} from {ckpts} ({type(e).__name__}: {e}); "
-            "the checkpoint does not match the model its saved config names"
+            f"could not restore the params of step {step} from {workdir} "
+            f"({type(e).__name__}: {e}); the checkpoint does not match the model its saved "
+            "config names"
         ) from e
-    finally:
-        mgr.close()
-    params = restored.state["train"]["params"]
-    leaves = jax.tree.leaves(params)
-    if not leaves or any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
-        raise RunError(f"checkpoint step {step} in {ckpts} holds no params under train/params")
-    params = jax.tree.unflatten(jax.tree.structure(abstract), leaves)
     run = name or os.path.basename(str(workdir).rstrip("/")) or "run"
     return ServedModel(
         name=f"{run}@{step}", config=config, params=params, tokenizer=tokenizer,
