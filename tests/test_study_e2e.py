@@ -12,17 +12,18 @@ import sys
 import numpy as np
 import pytest
 from fst_subprocess import BOOT, REPO, tiny_flags
+from test_controller_e2e import load_config
 
 from fst_jax.analysis import study
 
-ARMS = ["rl", "fst_rule", "gepa_rule", "star_rl", "star_fst_rule"]
+ARMS = ["rl", "fst_rule", "gepa_rule", "fst_rule_reuse", "star_rl", "star_fst_rule"]
 
 
 def run_study(out):
     cmd = [sys.executable, str(REPO / "experiments/study.py"), f"--out={out}", "--seeds=0,1",
-           f"--arms={','.join(ARMS)},fst_rule_reuse", "--star_size=tiny",
+           f"--arms={','.join(ARMS)}", "--star_size=tiny",
            f"--fst_train={shlex.join([sys.executable, '-c', BOOT])}",
-           *(f"--override={f}" for f in tiny_flags(2)),
+           *(f"--override={f}" for f in tiny_flags(1)),  # start + end evaluation
            "--star_override=--config.sampling.max_new_tokens=8"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=3000)
@@ -39,17 +40,19 @@ def test_study_command_end_to_end(tmp_path):
     p = run_study(out)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     manifest = json.loads((out / study.MANIFEST).read_text())
-    assert list(manifest["arms"]) == ARMS  # fst_rule_reuse skipped when the key is absent...
-    reuse = "reuse_gepa_rollouts" in p.stdout
-    assert reuse  # ... and the skip is said, never silent
+    arms = ARMS
+    if "reuse_gepa_rollouts" not in load_config("default.py").rl:  # the arm is skipped, saying so
+        assert "skipping arm fst_rule_reuse" in p.stdout
+        arms = [a for a in ARMS if a != "fst_rule_reuse"]
+    assert list(manifest["arms"]) == arms
     for name in ("README.md", "results.json", *study.FIGURES.values()):
         assert (out / name).stat().st_size > 0, name
     for png in study.FIGURES.values():
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     readme = (out / "README.md").read_text()
     agg = json.loads((out / "results.json").read_text())
-    assert set(agg["arms"]) == set(ARMS)
-    for arm in ARMS:
+    assert set(agg["arms"]) == set(arms)
+    for arm in arms:
         for seed in (0, 1):
             wd = out / "runs" / arm / f"seed{seed}"
             res = json.loads((wd / study.RESOURCES).read_text())
@@ -71,11 +74,12 @@ def test_study_command_end_to_end(tmp_path):
     assert {"steps_to_rl_peak/fst_rule", "kl_left_of_rl/fst_rule", "star_escape/star_fst_rule"} <= set(agg["claims"])  # fmt: skip
     # Star graph: the tiny random model never solves it, so its first evaluation is 0.
     assert agg["arms"]["star_rl"]["val"]["start"] == 0.0
-    assert "Worked example:" in (out / "runs/fst_rule/seed0/gepa_log.jsonl").read_text() or (
-        "lm_nothing_to_add" in (out / "runs/fst_rule/seed0/metrics.jsonl").read_text()
-    )
+    # The rule reflection LM wrote the format rule stated by ctl_parity's feedback.
+    logs = "".join((out / "runs" / a / f"seed{s}" / "gepa_log.jsonl").read_text()
+                   for a in arms if "rule" in a and a.startswith(("fst", "gepa")) for s in (0, 1))  # fmt: skip
+    assert "First character must have an even code point." in logs
     # Rerun: every run is skipped, the README is rebuilt from the same files, identically.
     before = readme
     p = run_study(out)
-    assert p.returncode == 0 and p.stdout.count("finished earlier; skipped") == 2 * len(ARMS)
+    assert p.returncode == 0 and p.stdout.count("finished earlier; skipped") == 2 * len(arms)
     assert (out / "README.md").read_text() == before
