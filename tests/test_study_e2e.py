@@ -24,7 +24,9 @@ def run_study(out):
            f"--arms={','.join(ARMS)}", "--star_size=tiny",
            f"--fst_train={shlex.join([sys.executable, '-c', BOOT])}",
            *(f"--override={f}" for f in tiny_flags(1)),  # start + end evaluation
-           "--star_override=--config.sampling.max_new_tokens=8"]  # fmt: skip
+           "--star_override=--config.sampling.max_new_tokens=8",
+           # star-graph questions are ~600 tokens for the tiny model's byte-level tokenizer
+           "--star_override=--config.model.spec=random:tiny_llama,max_position_embeddings=2048"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=3000)
 
