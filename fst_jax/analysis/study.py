@@ -307,7 +307,8 @@ def figures(agg: Mapping[str, Any], out_dir: str) -> dict[str, str]:
             x = [kl["mean"][kl["step"].index(s)] for s in common]
             y = [rw["mean"][rw["step"].index(s)] for s in common]
             ax.plot(x, y, "o-", ms=4, label=a)
-    ax.set(xlabel="KL(π_θ ‖ π_base)", ylabel=f"val mean@{agg['k']}", title="KL vs reward")
+    ref = "π_start" if agg.get("kl_key") == metrics.VAL_KL_TO_INIT else "π_base"
+    ax.set(xlabel=f"KL(π_θ ‖ {ref})", ylabel=f"val mean@{agg['k']}", title="KL vs reward")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -335,7 +336,8 @@ def readme(agg: Mapping[str, Any]) -> str:
          "Every figure is mean ± SE over seeds; a reward's SE combines the seed spread with each "
          "evaluation's SE over problems (logged `val/mean@k_se`, else the Bernoulli bound); "
          "KL's SE is over seeds only (`fst_jax/analysis/study.py`). Train-reward curves: SE "
-         "over seeds.", "",
+         f"over seeds. KL is `{agg.get('kl_key', metrics.VAL_KL_TO_BASE)}` (drift from the "
+         "weights the runs start from).", "",
          "## Verdicts", ""]  # fmt: skip
     for name, c in agg["claims"].items():
         L.append(f"- `{name}`: {c['verdict']}")
