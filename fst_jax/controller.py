@@ -55,6 +55,7 @@ from fst_jax import checkpoint as ckpt_lib
 from fst_jax import (
     distributed,
     evaluation,
+    host_memory,
     metrics,
     paths,
     rl,
@@ -257,6 +258,7 @@ class Controller:
                                   "run/model": str(c.model.spec), "run/config": json.dumps(c.to_dict(), sort_keys=True)})  # fmt: skip
             if c.eval.at_start:
                 self.rs.first_eval = self._evaluate(final=False)
+                host_memory.trim()
         bar = progress(
             total=c.num_cycles, initial=self.rs.cycle, desc="FST cycles", enabled=c.progress
         )
@@ -266,6 +268,7 @@ class Controller:
             # 1) fast weights: a GEPA round on the frozen policy, then top-K into the bank.
             if c.mode in ("gepa", "fst", "fst_distill"):
                 self._gepa_round(task_name, stream, n_steps)
+                host_memory.trim()  # each phase's freed buffers back to the OS
             # 2) slow weights: T RL steps (fewer only where a stream stage ends mid-cycle) with
             # G rollouts per problem over the K contexts.
             for _ in range(n_steps):
@@ -274,12 +277,14 @@ class Controller:
                     self.rs.step += 1
                     continue
                 self._rl_step(task, stream)
+                host_memory.trim()
             self.store = None  # a cycle's GEPA rollouts train only that cycle's steps
             self.rs.positions[task_name] = stream.position
             self.rs.cycle += 1
             last = self.rs.cycle == c.num_cycles
             if last or self.rs.cycle % c.eval.every_cycles == 0:
                 self.rs.last_eval = self._evaluate(final=last)
+                host_memory.trim()
             if last or self.rs.cycle % c.checkpoint.every_cycles == 0:
                 self._save()
             bar.update(1)
@@ -386,6 +391,9 @@ class Controller:
         if self.ref_logps is not None:
             roll["ref_logps"] = np.asarray(self.ref_logps(
                 self.start_params, roll["tokens"], roll["positions"], roll["completion_mask"]))  # fmt: skip
+        # The sampler's prepared copy of θ is stale once the update runs: free it (and the
+        # memo's hold on θ) before the update's buffers are allocated rather than after.
+        self.sampler.release_prepared()
         self.state, per_update, stats = rl.update_on_rollouts(
             self.train_step, self.state, roll, r.rewards, r.group_ids,
             advantage=None if distill else c.rl.advantage, aggregation=c.rl.aggregation,

@@ -195,6 +195,11 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Console-script entry point (setup.py: fst-train = fst_jax.main:run)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Before jax starts XLA's thread pool: at most 2 glibc malloc arenas unless MALLOC_ARENA_MAX
+    # is set (one arena per XLA thread kept GiBs of freed buffers resident; fst_jax.host_memory).
+    from fst_jax import host_memory
+
+    host_memory.configure_malloc()
     app.run(main, flags_parser=parse_flags)
 
 

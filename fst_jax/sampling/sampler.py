@@ -237,6 +237,11 @@ class Sampler:
         self._prepared = (leaves, prepared)
         return prepared
 
+    def release_prepared(self) -> None:
+        """Forgets the memoised prepared weights and the memo's hold on their source arrays, so
+        neither outlives a train update that replaces them (the next call prepares anew)."""
+        self._prepared = None
+
     # -------------------------------------------------------------- host-side encoding
 
     def encode_tasks(self, bank: PromptBank, tasks: Sequence[str]) -> TaskTokens:
