@@ -37,6 +37,13 @@ def _sample() -> None:
         time.sleep(0.01)
 
 
+def _end(phase: str) -> None:
+    """Records (and prints, so a cut-short run still tells) a phase's peak and RSS at its end."""
+    _ends[phase] = round(_rss() / 2**30, 3)
+    peak = round(_peaks.get(phase, 0.0), 3)
+    print(f"rss_phases: {phase}: peak {peak} GiB, end {_ends[phase]} GiB", file=sys.stderr)
+
+
 def _hwm() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -54,7 +61,7 @@ def _wrap(obj, name: str, label) -> None:
         try:
             return fn(self, *a, **k)
         finally:
-            _ends[_phase[0]] = round(_rss() / 2**30, 3)
+            _end(_phase[0])
             _phase[0] = prev
 
     setattr(obj, name, wrapped)
@@ -83,7 +90,7 @@ def main() -> None:
         try:
             return orig(*a, **k)
         finally:
-            _ends[_phase[0]] = round(_rss() / 2**30, 3)
+            _end(_phase[0])
             _phase[0] = prev
 
     rl.update_on_rollouts = update
