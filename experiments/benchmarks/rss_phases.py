@@ -67,6 +67,22 @@ def _wrap(obj, name: str, label) -> None:
     setattr(obj, name, wrapped)
 
 
+def _wrap_fn(module, name: str, label) -> None:
+    """Labels calls of module.name as a sub-phase of the phase they run in."""
+    fn = getattr(module, name)
+
+    def wrapped(*a, **k):
+        prev = _phase[0]
+        _phase[0] = f"{prev} / {label(*a, **k)}"
+        try:
+            return fn(*a, **k)
+        finally:
+            _end(_phase[0])
+            _phase[0] = prev
+
+    setattr(module, name, wrapped)
+
+
 def main() -> None:
     i = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
     out = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv[:i] else None
@@ -94,6 +110,12 @@ def main() -> None:
             _phase[0] = prev
 
     rl.update_on_rollouts = update
+    # inside an evaluation: each k-sample call (by bank slot) and the KL measurement
+    from fst_jax import evaluation
+
+    for name, label in (("mean_at_k", lambda *a, **k: f"mean_at_k slot {a[3]}"),
+                        ("kl_to_base", lambda *a, **k: "kl_to_base")):  # fmt: skip
+        _wrap_fn(evaluation, name, label)
     controller.rl.update_on_rollouts = update
     t0 = time.time()
     code = 0
