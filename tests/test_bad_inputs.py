@@ -67,7 +67,7 @@ CASES = [
     (["--config.gepa.reflection_lm=openai", "--config.gepa.reflection_base_url=localhost:8000"],
      "reflection base URL is not http(s)"),
     (["--config.gepa.reflection_timeout_s=0"], "(gepa.reflection_timeout_s=0.0)"),
-    (["--config.gepa.k=3"], "gepa.k=3 contexts must divide rl.group_size=4"),
+    (["--config.gepa.k=3", "--config.rl.group_size=4"], "gepa.k=3 contexts must divide rl.group_size=4"),
     (["--config.gepa.minibatch=9"], "exceeds gepa.anchor_size"),
     (["--config.resume=maybe"], "unknown resume (resume='maybe')"),
     (["--config.task.name=mathh"], "unknown task (task.name='mathh'): did you mean 'math'?"),
