@@ -125,12 +125,7 @@ class Controller:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.is_main = jax.process_index() == 0
         c = config
-        devices = (
-            jax.devices() if c.mesh.get("devices", -1) < 1 else jax.devices()[: c.mesh.devices]
-        )
-        self.mesh = sharding.make_mesh(
-            sharding.MeshConfig(c.mesh.data, c.mesh.fsdp, c.mesh.tensor), devices
-        )
+        self.mesh = sharding.mesh_from_config(c)
         self.row_multiple = sharding.batch_shard_count(self.mesh)
         validate_config(c, self.row_multiple)
         # Every rollout batch is split over the mesh's batch shards: each process samples,

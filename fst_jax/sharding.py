@@ -101,6 +101,14 @@ def make_mesh(
     return Mesh(np.asarray(devices).reshape(resolved), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
+def mesh_from_config(c: Any) -> Mesh:
+    """The run's mesh from its config's ``mesh`` node (data, fsdp, tensor; ``devices`` < 1 = all
+    devices, else the first N): one place for fst-train's RL and SFT modes."""
+    n = c.mesh.get("devices", -1)
+    devices = jax.devices() if n < 1 else jax.devices()[:n]
+    return make_mesh(MeshConfig(c.mesh.data, c.mesh.fsdp, c.mesh.tensor), devices)
+
+
 def single_device_mesh() -> Mesh:
     """A 1×1×1 mesh on the first device (the reference the sharded step must equal)."""
     return make_mesh((1, 1, 1), jax.devices()[:1])

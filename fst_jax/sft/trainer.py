@@ -74,12 +74,7 @@ class SFTRun:
         self.config = config
         self.workdir.mkdir(parents=True, exist_ok=True)
         c = config
-        devices = (
-            jax.devices() if c.mesh.get("devices", -1) < 1 else jax.devices()[: c.mesh.devices]
-        )
-        self.mesh = sharding.make_mesh(
-            sharding.MeshConfig(c.mesh.data, c.mesh.fsdp, c.mesh.tensor), devices
-        )
+        self.mesh = sharding.mesh_from_config(c)
         self.row_multiple = sharding.batch_shard_count(self.mesh)
         s = self.s = _check(c, self.row_multiple)
         self.buckets = _buckets(s)
