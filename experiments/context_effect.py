@@ -36,6 +36,11 @@ from pathlib import Path
 import numpy as np
 
 CONTEXTS = ("none", "sys_instr", "sys_format", "sys_example", "user_format", "user_example")
+STAR_INSTRUCTION = "Find the path from the source to the destination using only the listed edges."
+STAR_RULE = (
+    "Write the path as comma-separated node numbers from the source to the destination "
+    "inside \\boxed{}, for example \\boxed{3,7,9}."
+)
 # (cell name, task name, task kwargs, instruction, format rule)
 CELLS = {
     "math_lite": (
@@ -64,9 +69,20 @@ CELLS = {
     "star_tiny": (
         "star_graph",
         {"size": "tiny"},
-        "Find the path from the source to the destination using only the listed edges.",
-        "Write the path as comma-separated node numbers from the source to the destination "
-        "inside \\boxed{}, for example \\boxed{3,7,9}.",
+        STAR_INSTRUCTION,
+        STAR_RULE,
+    ),  # Larger star graphs: the study's star arm needs a size where the warm start scores 0.
+    "star_easy": (
+        "star_graph",
+        {"size": "easy"},
+        STAR_INSTRUCTION,
+        STAR_RULE,
+    ),
+    "star_medium": (
+        "star_graph",
+        {"size": "medium"},
+        STAR_INSTRUCTION,
+        STAR_RULE,
     ),
 }
 
