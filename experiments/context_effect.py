@@ -71,7 +71,8 @@ CELLS = {
         {"size": "tiny"},
         STAR_INSTRUCTION,
         STAR_RULE,
-    ),  # Larger star graphs: the study's star arm needs a size where the warm start scores 0.
+    ),
+    # Larger star graphs: the study's star arm needs a size where the warm start scores 0.
     "star_easy": (
         "star_graph",
         {"size": "easy"},
