@@ -175,7 +175,6 @@ class Ours:
         t1 = time.perf_counter()
         m, tm = self.marks, self.timings
         p1 = m["sample0"] + tm["prefill_s"]
-        self.ctrl.writer._file.flush()
         rec = json.loads(Path(self.ctrl.writer.path).read_text().splitlines()[-1])
         out = {
             "step_s": t1 - t0 - self.compile_s[0],
