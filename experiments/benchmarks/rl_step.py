@@ -13,7 +13,8 @@ system context (the task's seed prompt, rendered by the same chat template) and 
 fst_jax runs `Controller._rl_step` of `experiments/configs/default.py` with mode rl, batch P,
 group G (everything else as the default config says: its micro-batching, dtype, remat). TRL 1.16
 runs `GRPOTrainer(loss_type="cispo", epsilon_high=4.0, beta=0.0, num_iterations=1)` without vLLM,
-per_device_train_batch_size = P·G, num_generations = G, once in fp32 and once with bf16=True, each
+per_device_train_batch_size = P·G, num_generations = G, once in fp32 and once with bf16=True (with
+TRL's default activation checkpointing; sides `trl_fp32_nogc` / `trl_bf16_nogc` turn it off), each
 in its own subprocess (TRL lives in its own site dir, `--trl_site`; it is not an fst_jax
 dependency). Sides alternate round by round: [TRL-fp32, ours] × R, then [TRL-bf16, ours] × R (one
 TRL process alive at a time, to bound memory on a shared machine); every side runs one untimed
@@ -255,7 +256,10 @@ def trl_worker(args) -> None:
         beta=0.0,
         num_iterations=1,
         learning_rate=config.rl.lr,
-        bf16=dtype == "bf16",
+        bf16=dtype.startswith("bf16"),
+        # TRL's GRPOConfig turns activation checkpointing on by default; `_nogc` sides turn it
+        # off (faster update, more memory) so the ratio can be taken against TRL's fastest.
+        gradient_checkpointing=not dtype.endswith("_nogc"),
         use_cpu=True,
         report_to=[],
         logging_steps=1,
@@ -387,7 +391,11 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2, help="timed steps per side and TRL dtype")
-    ap.add_argument("--sides", default="ours,trl_fp32,trl_bf16")
+    ap.add_argument(
+        "--sides",
+        default="ours,trl_fp32,trl_bf16",
+        help="ours and TRL variants trl_{fp32,bf16}[_nogc] (_nogc: no activation checkpointing)",
+    )
     ap.add_argument("--trl_site", default="/work/venv-trl/site", help="site dir holding trl")
     ap.add_argument("--trl_worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -38,6 +38,9 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("logit_chunk", 128, "sequence chunk of the vocab projection")
 flags.DEFINE_integer("microbatches", 2, "micro-batches per step (2: fastest 8x384 on CPU)")
 flags.DEFINE_bool("torch", True, "also time the HF transformers torch peer")
+flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "bfloat16"], "fst_jax compute dtype (params stay float32)"
+)
 FLAGS = flags.FLAGS
 
 
@@ -71,11 +74,13 @@ def build_jax():
 
     loaded = True
     try:
-        config, params, _ = load("smollm2-135m-instruct", remat=FLAGS.remat)
+        config, params, _ = load(
+            "smollm2-135m-instruct", remat=FLAGS.remat, dtype=FLAGS.dtype, param_dtype="float32"
+        )
     except Exception as e:
         print(f"load failed ({e}); timing a random init of smollm2_135m instead")
         loaded = False
-        config = get_config("smollm2_135m", remat=FLAGS.remat)
+        config = get_config("smollm2_135m", remat=FLAGS.remat, dtype=FLAGS.dtype)
         params = init_params(config, jax.random.PRNGKey(0))
     arrays = rollouts(config.vocab_size, FLAGS.batch, FLAGS.seq_len, FLAGS.prompt_len)
     batch, _ = make_batch(*arrays, group_size=4)
@@ -188,7 +193,7 @@ def main(_):
         "benchmark": "cispo_train_step",
         "model": "smollm2-135m-instruct" if loaded else "smollm2_135m (random init)",
         "shape": [FLAGS.batch, FLAGS.seq_len],
-        "dtype": "float32",
+        "dtype": FLAGS.dtype,
         "remat": FLAGS.remat,
         "jax": jax.__version__,
         "fst_jax_step_s": round(step_s, 3),
