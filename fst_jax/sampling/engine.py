@@ -14,6 +14,8 @@ The jitted functions, all pure:
   `store_contexts`; see `fst_jax.sampling.context_cache`). The sampler uses it by default.
 * `decode(...)` (state donated, so the cache is updated in place) runs one-token decoder steps in a
   `lax.while_loop` until every row has emitted a stop token or `max_new_tokens` tokens.
+* `decode_chunk(...)` runs the same loop body for at most `chunk` steps per call, carrying the
+  state between calls (token streaming; `fst_jax.sampling.stream`).
 * `finalize(state)` assembles the RL "training layout" (see `training_layout`).
 
 Position-based masking in the decoder makes prompt padding free: padded slots have position -1
@@ -426,20 +428,78 @@ def decode(
     state: DecodeState,
 ) -> DecodeState:
     """Decode until all rows stopped or `max_new_tokens` (state updated in place: donated)."""
-    tg = sampling.max_new_tokens
+    return _decode_loop(config, sampling, pad_id, stop_ids, params, state, sampling.max_new_tokens)
+
+
+def _decode_loop(
+    config: ModelConfig,
+    sampling: SamplingParams,
+    pad_id: int,
+    stop_ids: tuple[int, ...],
+    params: Any,
+    state: DecodeState,
+    limit: int | jax.Array,
+) -> DecodeState:
+    """`_decode_step` in a `lax.while_loop` until every row stopped or `step` reaches `limit`
+    (≤ max_new_tokens): the one loop body both `decode` and `decode_chunk` run."""
 
     def cond(s: DecodeState) -> jax.Array:
-        return (s.step < tg) & ~jnp.all(s.done)
+        return (s.step < limit) & ~jnp.all(s.done)
 
     body = functools.partial(_decode_step, config, sampling, pad_id, stop_ids, params)
     return jax.lax.while_loop(cond, body, state)
+
+
+def chunk_window(chunk: int, max_new_tokens: int) -> int:
+    """Columns of `decode_chunk`'s token window: the chunk's new tokens plus the column before
+    (so the first chunk also carries the prefill's first token), at most the whole buffer."""
+    return min(chunk + 1, max_new_tokens)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("config", "sampling", "pad_id", "stop_ids", "chunk"),
+    donate_argnames=("state",),
+)
+def decode_chunk(
+    config: ModelConfig,
+    sampling: SamplingParams,
+    pad_id: int,
+    stop_ids: tuple[int, ...],
+    chunk: int,
+    params: Any,
+    state: DecodeState,
+) -> tuple[DecodeState, jax.Array]:
+    """`decode` for at most `chunk` more steps (state donated), for streaming.
+
+    Calling it until every row stopped or `max_new_tokens` is reached gives the same state as
+    one `decode` call: the loop body is the same `_decode_step`, only the loop bound differs.
+    Also returns what the host needs to emit the chunk, packed in ONE small int32 array (one
+    transfer) [B, W + 4] with W = `chunk_window(chunk, max_new_tokens)`: columns [0, W) are
+    `gen[:, start:start + W]`, then gen_len, done, step (after the chunk) and start, where
+    start = clip(step before the chunk - 1, 0, max_new_tokens - W) — the window holds every
+    column this chunk wrote and the column before it.
+    """
+    tg = sampling.max_new_tokens
+    entry = state.step
+    s = _decode_loop(
+        config, sampling, pad_id, stop_ids, params, state, jnp.minimum(entry + chunk, tg)
+    )
+    b, w = s.gen.shape[0], chunk_window(chunk, tg)
+    start = jnp.clip(entry - 1, 0, tg - w)
+    window = jax.lax.dynamic_slice(s.gen, (jnp.zeros((), jnp.int32), start), (b, w))
+    scalars = jnp.broadcast_to(jnp.stack([s.step, start]).astype(jnp.int32), (b, 2))
+    info = jnp.concatenate(
+        [window, s.gen_len[:, None], s.done[:, None].astype(jnp.int32), scalars], axis=1
+    )
+    return s, info
 
 
 finalize = jax.jit(training_layout, static_argnames=("pad_id",))
 
 
 def num_compilations() -> int:
-    """Compiled variants held by the two jitted entry points (for recompilation tests)."""
+    """Compiled variants held by the jitted entry points (for recompilation tests)."""
     return (
         prefill._cache_size()
         + prefill_shared._cache_size()
@@ -447,5 +507,6 @@ def num_compilations() -> int:
         + init_context_store._cache_size()
         + store_contexts._cache_size()
         + decode._cache_size()
+        + decode_chunk._cache_size()
         + finalize._cache_size()
     )

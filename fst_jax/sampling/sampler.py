@@ -30,6 +30,7 @@ from fst_jax.sampling import engine
 from fst_jax.sampling.context_cache import ContextCache
 from fst_jax.sampling.prompt_bank import PromptBank, raw_bank, tokenizer_fingerprint
 from fst_jax.sampling.select import SamplingParams
+from fst_jax.sampling.stream import SampleStream, check_chunk
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_TASK_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -307,6 +308,53 @@ class Sampler:
         (`fst_jax.rows.row_blocks`), and each process decodes only the rows its devices
         sampled: the result holds this process's rows [lo, hi) = `row_range`, as host arrays.
         """
+        call = self._prepare(params, bank, prompt_idx, tasks, sampling, row_ids, sharding, timings)
+        params, fn, fixed, rows, fills, n = call
+        if sharding is not None:
+            return self._sample_sharded(
+                params, fn, fixed, rows, (*fills, -1), key, sampling, sharding, timings
+            )
+        out = self._run(params, sampling, key, timings, fn, *self._padded(fixed, rows, fills))
+        return self._host_rollouts(out, n)
+
+    def sample_stream(
+        self,
+        params: Any,
+        bank: PromptBank,
+        prompt_idx: Any,
+        tasks: Sequence[str] | TaskTokens,
+        key: jax.Array,
+        sampling: SamplingParams,
+        *,
+        row_ids: Any = None,
+        chunk: int = 16,
+        prefetch: bool = True,
+    ) -> SampleStream:
+        """`sample`, decoded `chunk` steps per jitted call: iterate the returned `SampleStream`
+        for each chunk's new tokens per row, then `.result()` is the `Rollouts` that `sample`
+        returns for the same inputs (bit for bit). Single-process batches only (no sharding)."""
+        chunk = check_chunk(chunk)
+        call = self._prepare(params, bank, prompt_idx, tasks, sampling, row_ids, None, None)
+        params, fn, fixed, rows, fills, n = call
+        weights, state = self._start(params, sampling, key, fn, *self._padded(fixed, rows, fills))
+        pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
+        return SampleStream(
+            self, weights, state, n, sampling, pad_id, stop_ids, chunk=chunk, prefetch=prefetch
+        )
+
+    def _prepare(
+        self,
+        params: Any,
+        bank: PromptBank,
+        prompt_idx: Any,
+        tasks: Sequence[str] | TaskTokens,
+        sampling: SamplingParams,
+        row_ids: Any,
+        sharding: jax.sharding.Sharding | None,
+        timings: dict[str, float] | None,
+    ) -> tuple[Any, Any, tuple[Any, ...], tuple[np.ndarray, ...], tuple[Any, ...], int]:
+        """Host checks + inputs of one call: (params, prefill fn, the inputs every row shares,
+        the per-row inputs with their padding fills, batch size)."""
         self._check_bank(bank)
         if not isinstance(tasks, TaskTokens):
             tasks = self.encode_tasks(bank, tasks)
@@ -349,11 +397,14 @@ class Sampler:
             fixed = (bank.table, bank.lengths, bank.suffix, bank.suffix_length)
             fn = engine.prefill
             rows, fills = (idx, tasks.tokens, tasks.lengths), (bank.no_context, 0, 1)
-        rows = (*rows, rid.astype(np.int32))
-        if sharding is not None:
-            return self._sample_sharded(
-                params, fn, fixed, rows, (*fills, -1), key, sampling, sharding, timings
-            )
+        return params, fn, fixed, (*rows, rid.astype(np.int32)), fills, n
+
+    def _padded(
+        self, fixed: tuple[Any, ...], rows: tuple[np.ndarray, ...], fills: tuple[Any, ...]
+    ) -> list[Any]:
+        """`_prepare`'s inputs as device arguments, rows padded to the batch bucket (padding
+        rows get row ids -1, -2, ...)."""
+        n = rows[0].shape[0]
         pad = _batch_bucket(n, self.batch_buckets) - n
         padded = [
             np.concatenate([x, np.full((pad, *x.shape[1:]), f, x.dtype)])
@@ -361,10 +412,11 @@ class Sampler:
         ]
         padded.append(np.concatenate([rows[-1], -1 - np.arange(pad, dtype=np.int32)]))
         fixed = tuple(jnp.asarray(x) if isinstance(x, np.ndarray) else x for x in fixed)
-        out = self._run(
-            params, sampling, key, timings, fn, *fixed, *(jnp.asarray(x) for x in padded)
-        )
-        if pad:
+        return [*fixed, *(jnp.asarray(x) for x in padded)]
+
+    def _host_rollouts(self, out: dict[str, jax.Array], n: int) -> Rollouts:
+        """The first n rows of a layout dict (the rest is bucket padding) as `Rollouts`."""
+        if out["tokens"].shape[0] != n:
             out = {k: v[:n] for k, v in out.items()}
         gen, gen_len = jax.device_get((out["completion_tokens"], out["completion_lengths"]))
         return self._rollouts(out, np.asarray(gen), gen_len)
@@ -491,10 +543,9 @@ class Sampler:
     ) -> dict[str, jax.Array]:
         """The jitted prefill (`prefill_fn` on `args`) + decode + layout; shared by the
         single-array and the per-shard-block paths."""
-        weights = self.prepare_params(params).params
-        pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
         t0 = time.perf_counter()
-        state = prefill_fn(self.engine_config, sampling, pad_id, stop_ids, weights, *args, key)
+        weights, state = self._start(params, sampling, key, prefill_fn, *args)
+        pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
         if timings is not None:
             jax.block_until_ready(state)
             t1 = time.perf_counter()
@@ -504,6 +555,15 @@ class Sampler:
             timings["prefill_s"] = t1 - t0 + timings.pop("context_store_s", 0.0)
             timings["decode_s"] = time.perf_counter() - t1
         return engine.finalize(state, pad_id=pad_id)
+
+    def _start(
+        self, params: Any, sampling: SamplingParams, key: jax.Array, prefill_fn: Any, *args: Any
+    ) -> tuple[Any, engine.DecodeState]:
+        """(engine weights, the decode state after the jitted prefill `prefill_fn` on `args`)."""
+        weights = self.prepare_params(params).params
+        pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
+        state = prefill_fn(self.engine_config, sampling, pad_id, stop_ids, weights, *args, key)
+        return weights, state
 
     def _sample_sharded(
         self,
