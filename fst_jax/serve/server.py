@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from fst_jax.serve import protocol
-from fst_jax.serve.backend import JaxBackend, finish, resolve_model
+from fst_jax.serve.backend import DEFAULT_STREAM_CHUNK, JaxBackend, RowText, finish, resolve_model
 from fst_jax.serve.batching import BatchEngine, EngineClosed
 from fst_jax.serve.protocol import APIError
 from fst_jax.serve.runs import ServedModel
@@ -108,64 +108,124 @@ class App:
         slot = resolve_model(self.names, req.model)
         key, rows, prompt_tokens, max_tokens = self.backend.plan(req, slot)
         try:
-            job = self.engine.submit(key, rows, asyncio.get_running_loop())
+            job = self.engine.submit(key, rows, asyncio.get_running_loop(), stream=req.stream)
         except OverflowError as e:
             raise APIError(503, f"server overloaded: {e}", type="server_error") from e
         except EngineClosed as e:
             raise APIError(503, str(e), type="server_error") from e
+        if req.stream:
+            return await _Stream(self.backend.tokenizer, request, req, job, max_tokens).run(
+                prompt_tokens
+            )
         try:
             outs = await job.future
         except asyncio.CancelledError:
             job.cancel()  # the client went away: its rows are dropped if not yet dispatched
             raise
-        except ValueError as e:  # the sampler refused the rows: a request we failed to catch
-            raise protocol.bad(str(e)) from e
-        except EngineClosed as e:
-            raise APIError(503, str(e), type="server_error") from e
+        except (ValueError, EngineClosed) as e:
+            raise _api_error(e) from e
         tok = self.backend.tokenizer  # detokenizing long replies: off the event loop
         choices = await asyncio.get_running_loop().run_in_executor(
             None, lambda: [finish(tok, o, max_tokens, req.stop) for o in outs]
         )
         cid = protocol.completion_id()
-        if not req.stream:
-            return web.json_response(protocol.chat_response(cid, req.model, choices, prompt_tokens))
-        return await self._stream(request, req, cid, choices, prompt_tokens)
+        return web.json_response(protocol.chat_response(cid, req.model, choices, prompt_tokens))
 
-    async def _stream(
-        self,
-        request: web.Request,
-        req: protocol.ChatRequest,
-        cid: str,
-        choices: list[protocol.Choice],
-        prompt_tokens: int,
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(
+
+def _api_error(e: BaseException) -> APIError:
+    """A job's failure as the error the client gets."""
+    if isinstance(e, ValueError):  # the sampler refused the rows: a request we failed to catch
+        return protocol.bad(str(e))
+    if isinstance(e, EngineClosed):
+        return APIError(503, str(e), type="server_error")
+    return APIError(500, f"internal server error: {type(e).__name__}: {e}", type="server_error")
+
+
+class _Stream:
+    """One streaming request: SSE chunks as the engine decodes them.
+
+    The response opens at the first decoded chunk (an error before it is still an HTTP error
+    status); each chunk's new tokens go through each choice's `RowText` (incremental
+    detokenizing, max_tokens cut, stop strings held back until they cannot start a stop
+    string), and a choice's finish chunk goes out as soon as its reason is known. A row that
+    hit a stop string is marked done so the call can end early; a client that goes away
+    cancels the job (its rows are freed at the next chunk boundary when no other row of the
+    call needs tokens). An error after the response opened is sent as an SSE error event.
+    """
+
+    def __init__(
+        self, tokenizer: Any, request: web.Request, req: protocol.ChatRequest, job: Any, cut: int
+    ) -> None:
+        self.request, self.req, self.job = request, req, job
+        self.rows = [RowText(tokenizer, cut, req.stop) for _ in job.rows]
+        self.cid, self.created = protocol.completion_id(), int(time.time())
+        self.resp: web.StreamResponse | None = None
+
+    async def _send(self, obj: Any) -> None:
+        assert self.resp is not None
+        await self.resp.write(f"data: {json.dumps(obj)}\n\n".encode())
+
+    async def _choice(self, i: int, text: str) -> None:
+        """Send choice i's new text, and its finish chunk once its reason is known."""
+        model, row = self.req.model, self.rows[i]
+        if text:
+            delta = [{"index": i, "delta": {"content": text}, "finish_reason": None}]
+            await self._send(protocol.chunk(self.cid, model, self.created, delta))
+        if row.reason is not None:
+            self.job.mark_done(i)
+            last = [{"index": i, "delta": {}, "finish_reason": row.reason}]
+            await self._send(protocol.chunk(self.cid, model, self.created, last))
+
+    async def _open(self) -> None:
+        self.resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        await resp.prepare(request)
-        created = int(time.time())
-
-        async def send(obj: Any) -> None:
-            await resp.write(f"data: {json.dumps(obj)}\n\n".encode())
-
+        await self.resp.prepare(self.request)
         first = [
             {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            for i in range(len(choices))
+            for i in range(len(self.rows))
         ]
-        await send(protocol.chunk(cid, req.model, created, first))
-        for i, c in enumerate(choices):
-            for piece in c.pieces:
-                if piece:
-                    delta = [{"index": i, "delta": {"content": piece}, "finish_reason": None}]
-                    await send(protocol.chunk(cid, req.model, created, delta))
-            last = [{"index": i, "delta": {}, "finish_reason": c.finish_reason}]
-            await send(protocol.chunk(cid, req.model, created, last))
-        if req.include_usage:
-            used = protocol.usage(prompt_tokens, sum(c.completion_tokens for c in choices))
-            await send(protocol.chunk(cid, req.model, created, [], usage=used))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+        await self._send(protocol.chunk(self.cid, self.req.model, self.created, first))
+
+    async def run(self, prompt_tokens: int) -> web.StreamResponse:
+        job, completed = self.job, False
+        try:
+            while (deltas := await job.next_chunk()) is not None:
+                if self.resp is None:
+                    await self._open()
+                for i, (row, d) in enumerate(zip(self.rows, deltas)):
+                    if row.reason is None:
+                        await self._choice(i, row.push(d.token_ids, d.finished))
+            try:
+                outs = await job.future
+            except Exception as e:
+                if self.resp is None:
+                    if isinstance(e, ValueError | EngineClosed):
+                        raise _api_error(e) from e
+                    raise
+                log.exception("streaming call failed")
+                await self._send(_api_error(e).body())
+                await self.resp.write_eof()
+                completed = True
+                return self.resp
+            if self.resp is None:
+                await self._open()
+            for i, (row, out) in enumerate(zip(self.rows, outs)):
+                if row.reason is None:
+                    await self._choice(i, row.close(out))
+            if self.req.include_usage:
+                done = sum(r.completion_tokens for r in self.rows)
+                used = protocol.usage(prompt_tokens, done)
+                await self._send(
+                    protocol.chunk(self.cid, self.req.model, self.created, [], usage=used)
+                )
+            await self.resp.write(b"data: [DONE]\n\n")
+            await self.resp.write_eof()
+            completed = True
+            return self.resp
+        finally:
+            if not completed:
+                job.cancel()  # cancelled, the client went away, or a write failed
 
 
 def build(
@@ -174,20 +234,30 @@ def build(
     max_batch: int = 32,
     max_n: int = 16,
     window_s: float = 0.025,
+    window_fraction: float = 0.1,
+    window_max_s: float = 0.5,
     max_queued_rows: int = 1024,
     default_max_tokens: int = 512,
+    stream_chunk: int = DEFAULT_STREAM_CHUNK,
     warmup: bool = False,
     backend: Any = None,
 ) -> App:
-    """Backend + engine + routes for `model` (the JAX backend unless one is passed)."""
-    backend = backend or JaxBackend(model, default_max_tokens=default_max_tokens)
+    """Backend + engine + routes for `model` (the JAX backend unless one is passed).
+
+    window_s / window_fraction / window_max_s: the batching window (`WindowPolicy`);
+    stream_chunk: decode steps per jitted call (`backend.DEFAULT_STREAM_CHUNK` says why 16).
+    """
+    backend = backend or JaxBackend(
+        model, default_max_tokens=default_max_tokens, stream_chunk=stream_chunk
+    )
     if warmup and hasattr(backend, "warmup"):
         t0 = time.perf_counter()
         n = backend.warmup(max_batch)
         log.info("warm-up: %d sampler calls in %.1f s", n, time.perf_counter() - t0)
     engine = BatchEngine(
-        backend, max_batch=max_batch, window_s=window_s, max_queued_rows=max_queued_rows
-    )
+        backend, max_batch=max_batch, window_s=window_s, window_fraction=window_fraction,
+        window_max_s=window_max_s, max_queued_rows=max_queued_rows,
+    )  # fmt: skip
     return App(model, backend, engine, max_n)
 
 
@@ -282,6 +352,8 @@ def main(argv: list[str]) -> None:
     app = build(
         model, max_batch=f.max_batch, max_n=f.max_n, default_max_tokens=f.default_max_tokens,
         warmup=f.warmup, window_s=f.batch_window_ms / 1000,
+        window_fraction=f.batch_window_fraction, window_max_s=f.batch_window_max_ms / 1000,
+        stream_chunk=f.stream_chunk,
     )  # fmt: skip
     srv = ServerThread(app, f.host, f.port).start()
     print(f"fst-serve: {', '.join(app.names)} on {srv.url}", flush=True)
@@ -306,8 +378,17 @@ def run() -> None:
     flags.DEFINE_integer("port", 8000, "Port (0 = any free port; the URL is printed).")
     flags.DEFINE_integer("max_batch", 32, "Most rows one sampler call takes.")
     flags.DEFINE_float(
-        "batch_window_ms", 25.0, "How long a sampler call waits for more requests to join it."
+        "batch_window_ms", 25.0, "Shortest wait for more requests to join a sampler call."
     )
+    flags.DEFINE_float(
+        "batch_window_fraction", 0.1,
+        "Under load the wait is this fraction of the last call's time (see WindowPolicy).",
+    )  # fmt: skip
+    flags.DEFINE_float("batch_window_max_ms", 500.0, "Longest wait for requests to join a call.")
+    flags.DEFINE_integer(
+        "stream_chunk", DEFAULT_STREAM_CHUNK,
+        "Decode steps per jitted call: streamed text arrives per chunk (0 = one call per batch).",
+    )  # fmt: skip
     flags.DEFINE_integer("max_n", 16, "Largest n (choices) one request may ask for.")
     flags.DEFINE_integer("default_max_tokens", 512, "max_tokens when a request sends none.")
     flags.DEFINE_boolean("warmup", True, "Compile the batch buckets before serving.")
