@@ -20,13 +20,14 @@ import pytest
 from fst_jax.models import decoder
 from fst_jax.sampling import num_compilations
 from fst_jax.serve import load_spec, serving
-from fst_jax.serve.backend import decode_pieces, tempered
+from fst_jax.serve.backend import Detokenizer, decode_pieces, tempered
 
 # Each test compiles sampler shapes for the tiny model: seconds alone, minutes on a loaded box.
 pytestmark = pytest.mark.slow
 
 CONTEXTS = ["Answer in one word.", "You are a careful assistant. Think first."]
 MSG = [{"role": "user", "content": "Name a colour."}]
+CHUNK = 4  # decode steps per call: the first chunk carries 5 tokens, the others 4
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def served():
          "on_front": True}
         for i, t in enumerate(CONTEXTS)
     ]  # fmt: skip
-    with serving(model, max_batch=8, max_n=4, default_max_tokens=8) as srv:
+    with serving(model, max_batch=8, max_n=4, default_max_tokens=8, stream_chunk=CHUNK) as srv:
         client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=120)
         yield model, srv, client
 
@@ -364,3 +365,123 @@ def test_routes_methods_and_body_size_get_error_bodies(served):
         assert err["message"] and set(err) == {"message", "type", "param", "code"}
     with urllib.request.urlopen(base + "/health", timeout=60) as r:
         assert json.loads(r.read())["status"] == "ok"
+
+
+def _hooked(monkeypatch, backend, hook):
+    """Call `hook(chunk_number, deltas)` on the worker after each decoded chunk."""
+    orig = backend.run_stream
+
+    def run_stream(key, rows, on_chunk):
+        k = [0]
+
+        def wrapped(deltas):
+            go = on_chunk(deltas)
+            k[0] += 1
+            hook(k[0], deltas)
+            return go
+
+        return orig(key, rows, wrapped)
+
+    monkeypatch.setattr(backend, "run_stream", run_stream)
+
+
+def _collect(stream):
+    text, reasons, contents = {}, {}, 0
+    for ch in stream:
+        for c in ch.choices:
+            text[c.index] = text.get(c.index, "") + (c.delta.content or "")
+            contents += bool(c.delta.content)
+            reasons[c.index] = c.finish_reason or reasons.get(c.index)
+    return text, reasons, contents
+
+
+def test_streamed_text_arrives_while_the_call_decodes(served, monkeypatch):
+    """The worker is held after the first chunk that decodes to visible text: the client must
+    receive that text while the call is still running, then the rest chunk by chunk."""
+    model, srv, client = served
+    kw = dict(model=model.name, messages=MSG, max_tokens=40, temperature=0)
+    full = client.chat.completions.create(**kw).choices[0]
+    held, release, det = [], threading.Event(), Detokenizer(model.tokenizer)
+
+    def hook(k, deltas):
+        if not held and "".join(det.push(t) for t in deltas[0].token_ids):
+            held.append(k)
+            release.wait(60)
+
+    _hooked(monkeypatch, srv.app.backend, hook)
+    calls = srv.app.engine.stats["calls"]
+    text, contents, early = "", 0, None
+    for ch in client.chat.completions.create(**kw, stream=True):
+        for c in ch.choices:
+            if c.delta.content:
+                if early is None:  # the first text: the call must still be held mid-decode
+                    early = (not release.is_set(), srv.app.engine.stats["calls"] == calls)
+                    release.set()
+                text += c.delta.content
+                contents += 1
+    assert early == (True, True) and held
+    assert text == full.message.content and contents > 1
+
+
+def test_stop_string_across_a_chunk_boundary(served, monkeypatch):
+    model, srv, client = served
+    kw = dict(model=model.name, messages=MSG, max_tokens=40, temperature=0)
+    chunks = []
+    _hooked(monkeypatch, srv.app.backend, lambda k, d: chunks.append(d[0].token_ids))
+    full = client.chat.completions.create(**kw).choices[0].message.content
+    det, bounds = Detokenizer(model.tokenizer), []
+    for ids in chunks:  # the text length at each chunk boundary
+        bounds.append(len("".join(det.push(t) for t in ids)) + (bounds[-1] if bounds else 0))
+    assert len(chunks) > 2
+    ok = [
+        b for b in bounds if 1 < b < len(full) - 1 and "\ufffd" not in full[b - 2 : b + 2]
+        and full.find(full[b - 2 : b + 2]) == b - 2
+    ]  # fmt: skip
+    assert ok, f"no visible chunk boundary in {full!r}"
+    b = ok[0]
+    stop = full[b - 2 : b + 2]  # two characters from each side of the boundary
+    want = full[: full.find(stop)]
+    plain = client.chat.completions.create(**kw, stop=[stop]).choices[0]
+    text, reasons, _ = _collect(client.chat.completions.create(**kw, stop=[stop], stream=True))
+    assert plain.message.content == want and plain.finish_reason == "stop"
+    assert text == {0: want} and reasons == {0: "stop"}
+
+
+def test_disconnect_mid_stream_frees_the_call_at_the_next_chunk(served, monkeypatch):
+    model, srv, client = served
+    engine = srv.app.engine
+    blocked, release, seen, jobs = threading.Event(), threading.Event(), [], []
+
+    def hook(k, deltas):
+        seen.append(k)
+        if k == 1:
+            blocked.set()
+            release.wait(60)
+
+    _hooked(monkeypatch, srv.app.backend, hook)
+    orig = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda *a, **k: jobs.append(orig(*a, **k)) or jobs[-1])
+    body = json.dumps(
+        {"model": model.name, "messages": MSG, "n": 2, "max_tokens": 64, "stream": True}
+    ).encode()
+    before = dict(engine.stats)
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert blocked.wait(60)  # inside the call, after its first chunk
+    s.close()  # the client goes away mid-stream
+    deadline = time.time() + 30
+    while not jobs[0].cancelled and time.time() < deadline:
+        time.sleep(0.01)
+    assert jobs[0].cancelled
+    release.set()
+    while engine.stats["calls"] == before.get("calls", 0) and time.time() < deadline:
+        time.sleep(0.01)
+    # 64 tokens would take 16 chunks; the call ended at the next chunk boundary.
+    assert seen == [1, 2]
+    assert engine.stats["calls_ended_early"] - before.get("calls_ended_early", 0) == 1
+    assert engine.stats["rows_discarded"] - before.get("rows_discarded", 0) == 2
+    assert client.chat.completions.create(model=model.name, messages=MSG, max_tokens=8).choices

@@ -41,43 +41,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+import _common  # experiments/benchmarks/_common.py, next to this script
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[2]
-
-
-# ----------------------------------------------------------------------------- RSS monitor
-
-
-class RssMonitor:
-    """Samples this process's resident set every 5 ms; `peak(t0, t1)` = max RSS in a window."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, int]] = []
-        self._stop = False
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
-
-    def _run(self) -> None:
-        while not self._stop:
-            self.samples.append((time.perf_counter(), self._rss()))
-            time.sleep(0.005)
-
-    def peak(self, t0: float, t1: float) -> float:
-        """Max RSS (GB) sampled in [t0, t1] (the sample just before t0 included)."""
-        xs = [r for t, r in self.samples if t0 <= t <= t1]
-        before = [r for t, r in self.samples if t < t0][-1:]
-        return round(max(xs + before, default=0) / 1e9, 3)
-
-    def now(self) -> float:
-        return round(self._rss() / 1e9, 3)
 
 
 # ----------------------------------------------------------------------------- shared data
@@ -112,7 +82,7 @@ def problem_rounds(config, rounds: int):
 
 
 class Ours:
-    def __init__(self, args, monitor: RssMonitor) -> None:
+    def __init__(self, args, monitor: _common.RssMonitor) -> None:
         import jax
 
         from fst_jax.controller import Controller
@@ -208,7 +178,7 @@ def trl_worker(args) -> None:
 
     from fst_jax.models.embedded import embedded_checkpoint_dir
 
-    monitor = RssMonitor()
+    monitor = _common.RssMonitor()
     torch.manual_seed(0)
     config = bench_config(args.problems, args.group, args.new_tokens)
     task, rounds = problem_rounds(config, args.rounds)
@@ -377,7 +347,7 @@ def summarize(steps: list[dict]) -> dict:
     for k in keys:
         xs = [s[k] for s in steps]
         out[k] = round(statistics.mean(xs), 2)
-        out[k + "_se"] = round(statistics.stdev(xs) / len(xs) ** 0.5, 2) if len(xs) > 1 else None
+        out[k + "_se"] = round(_common.se(xs), 2) if len(xs) > 1 else None
     out["rss_gb_peak"] = {
         ph: max(s["rss_gb"][ph] for s in steps) for ph in ("prefill", "decode", "verify", "update")
     }
@@ -402,7 +372,7 @@ def main() -> None:
     if args.trl_worker:
         return trl_worker(args)
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    monitor = RssMonitor()
+    monitor = _common.RssMonitor()
     res: dict = {"rows": args.problems * args.group, "new_tokens": args.new_tokens}
     ours_steps: list[dict] = []
     ours = None

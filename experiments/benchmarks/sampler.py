@@ -26,6 +26,7 @@ for _i, _a in enumerate(sys.argv):
         _v = _a.split("=", 1)[1] if "=" in _a else sys.argv[_i + 1]
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _v).strip()
 
+import _common  # noqa: E402  (experiments/benchmarks/_common.py, next to this script)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -46,12 +47,6 @@ TASKS = [
     "What is the capital of Japan?",
     "Give one tip for learning to code.",
 ]
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def roofline_tok_s(config, batch, ctx, bytes_per_w, bytes_per_kv, bw_gbs, peak_gflops) -> dict:
@@ -117,8 +112,8 @@ def bench_hf(model, tok, prompts, new_tokens, repeats):
             return model.generate(**enc, max_new_tokens=n, min_new_tokens=n, **kw)
 
     gen(2)  # warm-up
-    t1 = min(_timed(lambda: gen(1)) for _ in range(repeats))
-    tn = min(_timed(lambda: gen(new_tokens)) for _ in range(repeats))
+    t1 = min(_common.timed(lambda: gen(1)) for _ in range(repeats))
+    tn = min(_common.timed(lambda: gen(new_tokens)) for _ in range(repeats))
     b = len(prompts)
     return {
         "decode_tok_s": b * (new_tokens - 1) / (tn - t1),

@@ -14,6 +14,10 @@ back to back with the real `openai` client over 127.0.0.1 (temperature 1, top_p 
 `--max_tokens`, distinct seeds). requests/s and tokens/s (completion tokens from `usage`) are
 per round; `--rounds` rounds give mean ± standard error; p50/p95 latency pool every request of
 every round. The last line printed is one JSON object with every figure and the ratios.
+
+fst-serve decodes `--stream_chunk` steps per jitted call (0: one call per batch); with
+`--stream` the clients stream and the seconds to the first text (p50) are added. `--model`
+changes the fst_jax side's model (e.g. ``random:tiny_llama`` for a smoke run of the script).
 """
 
 from __future__ import annotations
@@ -21,17 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import _common  # experiments/benchmarks/_common.py, next to this script
 import numpy as np
 import openai
 
@@ -106,10 +108,28 @@ class HFBackend:
         return res
 
 
-def load_clients(url: str, model: str, conc: int, requests: int, max_tokens: int, seed0: int):
-    """C threads x `requests` sequential chats; returns (wall_s, latencies, completion_tokens)."""
+def _streamed(cli: Any, t: float, **kw: Any) -> tuple[int, float]:
+    """One streaming chat: (completion tokens from the usage chunk, seconds to first text)."""
+    first, used = float("nan"), 0
+    for ch in cli.chat.completions.create(
+        **kw, stream=True, stream_options={"include_usage": True}
+    ):
+        if first != first and any(c.delta.content for c in ch.choices):
+            first = time.perf_counter() - t
+        if ch.usage is not None:
+            used = ch.usage.completion_tokens
+    return used, first
+
+
+def load_clients(
+    url: str, model: str, conc: int, requests: int, max_tokens: int, seed0: int,
+    stream: bool = False,
+):  # fmt: skip
+    """C threads x `requests` sequential chats; returns (wall_s, latencies, completion_tokens,
+    seconds to the first streamed text: empty unless `stream`)."""
     lat: list[float] = []
     toks: list[int] = []
+    ttft: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
 
@@ -118,18 +138,24 @@ def load_clients(url: str, model: str, conc: int, requests: int, max_tokens: int
         for k in range(requests):
             msg = [{"role": "user", "content": TASKS[(c + k) % len(TASKS)]}]
             t = time.perf_counter()
+            kw = dict(
+                model=model, messages=msg, max_tokens=max_tokens, temperature=1.0,
+                seed=seed0 + 1000 * c + k,
+            )  # fmt: skip
             try:
-                r = cli.chat.completions.create(
-                    model=model, messages=msg, max_tokens=max_tokens, temperature=1.0,
-                    seed=seed0 + 1000 * c + k,
-                )  # fmt: skip
+                if stream:
+                    used, first = _streamed(cli, t, **kw)
+                else:
+                    used, first = cli.chat.completions.create(**kw).usage.completion_tokens, None
             except BaseException as e:
                 with lock:
                     errors.append(e)
                 return
             with lock:
                 lat.append(time.perf_counter() - t)
-                toks.append(r.usage.completion_tokens)
+                toks.append(used)
+                if first is not None:
+                    ttft.append(first)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(conc)]
     t0 = time.perf_counter()
@@ -140,7 +166,7 @@ def load_clients(url: str, model: str, conc: int, requests: int, max_tokens: int
     wall = time.perf_counter() - t0
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]!r}")
-    return wall, lat, toks
+    return wall, lat, toks, ttft
 
 
 def measure(side: str, app: Any, model_name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -148,28 +174,32 @@ def measure(side: str, app: Any, model_name: str, args: argparse.Namespace) -> d
     with ServerThread(app) as srv:
         # One untimed pass per concurrency: every batch bucket this load reaches is compiled.
         for conc in args.concurrency:
-            load_clients(srv.url, model_name, conc, 1, args.max_tokens, 10**6)
+            load_clients(srv.url, model_name, conc, 1, args.max_tokens, 10**6, args.stream)
         for conc in args.concurrency:
-            rps, tps, lats, calls0 = [], [], [], dict(app.engine.stats)
+            rps, tps, lats, firsts, calls0 = [], [], [], [], dict(app.engine.stats)
             for rnd in range(args.rounds):
-                wall, lat, toks = load_clients(
-                    srv.url, model_name, conc, args.requests, args.max_tokens, 10**4 * rnd
-                )
+                wall, lat, toks, ttft = load_clients(
+                    srv.url, model_name, conc, args.requests, args.max_tokens, 10**4 * rnd,
+                    args.stream,
+                )  # fmt: skip
                 rps.append(len(lat) / wall)
                 tps.append(sum(toks) / wall)
                 lats += lat
+                firsts += ttft
             calls = app.engine.stats["calls"] - calls0.get("calls", 0)
             rows = app.engine.stats["rows"] - calls0.get("rows", 0)
             out[str(conc)] = {
                 "requests_per_s": statistics.mean(rps),
-                "requests_per_s_se": _se(rps),
+                "requests_per_s_se": _common.se(rps),
                 "tokens_per_s": statistics.mean(tps),
-                "tokens_per_s_se": _se(tps),
+                "tokens_per_s_se": _common.se(tps),
                 "latency_p50_s": float(np.percentile(lats, 50)),
                 "latency_p95_s": float(np.percentile(lats, 95)),
                 "requests": len(lats),
                 "mean_rows_per_call": rows / max(calls, 1),
             }
+            if firsts:  # streaming clients: when the first text arrived
+                out[str(conc)]["first_text_p50_s"] = float(np.percentile(firsts, 50))
             r = out[str(conc)]
             print(
                 f"{side:8s} C={conc:3d}  {r['requests_per_s']:7.3f} ± {r['requests_per_s_se']:.3f} "
@@ -181,10 +211,6 @@ def measure(side: str, app: Any, model_name: str, args: argparse.Namespace) -> d
     return out
 
 
-def _se(xs: list[float]) -> float:
-    return statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", default="1,8,32")
@@ -192,27 +218,36 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max_tokens", type=int, default=32)
     p.add_argument("--sides", default="fst_jax,hf")
+    p.add_argument(
+        "--model", default="smollm2-135m-instruct",
+        help="fst_jax side's model spec (the hf side needs the embedded default)",
+    )  # fmt: skip
+    p.add_argument("--stream", action="store_true", help="clients stream (adds first-text p50)")
+    p.add_argument("--stream_chunk", type=int, default=16, help="fst-serve decode steps per call")
     p.add_argument("--out", default="", help="directory for results.json")
     p.add_argument(
         "--torch_threads", type=int, default=0, help="torch intra-op threads for hf (0: default)"
     )
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    commit = subprocess.run(  # read now: the code this run imports
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-    ).stdout.strip()
+    commit = _common.git_commit()  # read now: the code this run imports
     from fst_jax.models.embedded import embedded_checkpoint_dir
 
-    model = load_spec("smollm2-135m-instruct", name="smollm2")
+    model = load_spec(args.model, name="smollm2" if args.model.startswith("smollm2") else None)
     max_batch = max(args.concurrency)
     res: dict[str, Any] = {}
     for side in args.sides.split(","):
         if side == "fst_jax":
             t0 = time.perf_counter()
-            app = build(model, max_batch=max_batch, default_max_tokens=args.max_tokens)
+            app = build(
+                model, max_batch=max_batch, default_max_tokens=args.max_tokens,
+                stream_chunk=args.stream_chunk,
+            )  # fmt: skip
             app.backend.warmup(max_batch, args.max_tokens, greedy=(False,))
             print(f"fst_jax warm-up {time.perf_counter() - t0:.1f} s", flush=True)
         elif side == "hf":
+            if args.model != "smollm2-135m-instruct":
+                raise SystemExit("--sides=hf runs the embedded smollm2-135m-instruct only")
             if args.torch_threads:
                 import torch
 
@@ -236,8 +271,8 @@ def main() -> None:
     doc = {
         "command": " ".join(["python", *sys.argv]),
         "commit": commit,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus; load avg {os.getloadavg()}",
-        "model": "SmolLM2-135M-Instruct (embedded, fp32)",
+        "machine": _common.machine(),
+        "model": args.model,
         "settings": vars(args),
         "results": res,
         "ratios_fst_jax_over_hf": ratios,
