@@ -6,6 +6,8 @@ streamed chunks concatenate to its completion tokens bit for bit and `result()` 
 stop token and rows cut at max_new_tokens.
 """
 
+import itertools
+
 import jax
 import numpy as np
 import pytest
@@ -90,7 +92,7 @@ def test_streamed_tokens_and_result_equal_the_one_shot_sampler(setup, sp, chunk,
     assert len(chunks) == max(1, -(-(int(lens.max()) - 1) // chunk))
     np.testing.assert_array_equal(chunks[-1].lengths, lens)
     np.testing.assert_array_equal(chunks[-1].done, fin)
-    for c, d in zip(chunks, chunks[1:]):
+    for c, d in itertools.pairwise(chunks):
         assert all(len(t) == 0 for t, done in zip(d.tokens, c.done) if done)
     assert stream.result() is got  # memoised; iterating again yields nothing
     assert list(stream) == []

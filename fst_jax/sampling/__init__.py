@@ -4,6 +4,7 @@ Public API:
   build_bank(tokenizer, contexts, *, max_prompts, max_len, mode="system") -> PromptBank
   SamplingParams(temperature, top_k, top_p, max_new_tokens, greedy, stop_token_ids)
   Sampler(config, tokenizer).sample(params, bank, prompt_idx, tasks, key, sampling) -> Rollouts
+  Sampler(...).sample_stream(..., chunk=16) -> SampleStream: per-chunk tokens, then .result()
   generate_chat(config, params, tokenizer, conversations, sampling, key) -> list[str]
   ContextCache: contexts' keys/values across calls (`Sampler(context_cache=slots)`)
 """
@@ -25,14 +26,17 @@ from fst_jax.sampling.sampler import (
     generate_chat,
 )
 from fst_jax.sampling.select import SamplingParams, select_tokens
+from fst_jax.sampling.stream import SampleStream, StreamChunk
 
 __all__ = [
     "ChatLayout",
     "ContextCache",
     "PromptBank",
     "Rollouts",
+    "SampleStream",
     "Sampler",
     "SamplingParams",
+    "StreamChunk",
     "TaskTokens",
     "build_bank",
     "cast_params_for_sampling",

@@ -5,7 +5,8 @@ goes through (RL steps, GEPA evaluations, validation). It checks every input on 
 any device work, pads the batch and the task tokens to static buckets (so only a new bucket or
 new `SamplingParams` compile), runs the jitted prefill (`engine.prefill_stored` by default,
 contexts read from the `ContextCache`) and `engine.decode`, slices the
-padding rows away and decodes completion texts once per batch.
+padding rows away and decodes completion texts once per batch. `Sampler.sample_stream` is the
+same call decoded in chunks of steps (`fst_jax.sampling.stream`), for token streaming.
 
 `generate_chat(config, params, tokenizer, conversations, sampling, key)` renders whole chat
 conversations with the tokenizer's template and samples replies (reflection LM, demos).

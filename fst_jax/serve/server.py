@@ -9,6 +9,8 @@ Model names: ``RUN@STEP`` (no context) and ``RUN@STEP/ctx0`` … ``ctxK-1`` (Par
 best first, as the system prompt). Endpoints: GET /v1/models, GET /v1/models/{name},
 POST /v1/chat/completions (stream, n, temperature, top_p, max_tokens, stop, seed; usage
 counts), GET /health. Point any OpenAI client at ``http://HOST:PORT/v1`` (the key is ignored).
+Streamed replies arrive per chunk of ``--stream_chunk`` decoded tokens (see `backend`), and the
+batching window adapts to load (`batching.WindowPolicy`).
 """
 
 from __future__ import annotations
@@ -95,8 +97,14 @@ class App:
         return web.json_response(self._card(name))
 
     async def health(self, request: web.Request) -> web.Response:
+        window = self.engine.last_window  # (planned, waited) before the last call
         return web.json_response(
-            {"status": "ok", "queued_rows": self.engine.queued_rows, **self.engine.stats}
+            {
+                "status": "ok",
+                "queued_rows": self.engine.queued_rows,
+                "last_window_ms": None if window is None else round(1000 * window[0], 1),
+                **self.engine.stats,
+            }
         )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
