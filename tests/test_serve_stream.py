@@ -222,7 +222,11 @@ def test_window_policy():
     assert p.window(4.0, 1) == 0.025  # a lone client: do not make it wait
     assert p.window(4.0, 3) == pytest.approx(0.4)  # under load: 10 % of the last call
     assert p.window(0.1, 8) == 0.025 and p.window(60.0, 8) == 0.5  # bounded
-    assert p.ready(0.5, 0.4, 0, 8) and p.ready(0.0, 0.4, 8, 8) and not p.ready(0.1, 0.4, 7, 8)
+    # ready(waited, window, queued, expected, max_batch)
+    assert p.ready(0.4, 0.4, 0, 8, 8) and p.ready(0.0, 0.4, 8, 8, 8)  # window over; batch full
+    assert not p.ready(0.1, 0.4, 7, 8, 8)  # an extended window waits for the expected rows
+    assert p.ready(0.03, 0.4, 3, 3, 8)  # ...and ends once they are back, past base_s
+    assert not p.ready(0.01, 0.4, 3, 3, 8)  # never sooner than base_s (unless full)
     for bad in [dict(base_s=-1), dict(base_s=1, max_s=0.5), dict(fraction=2)]:
         with pytest.raises(ValueError, match="batch window"):
             WindowPolicy(**bad)
@@ -270,13 +274,18 @@ def test_engine_window_follows_the_last_call_on_an_injected_clock():
         asyncio.run(submit(3))  # first call: the base window (fewer than max_batch rows)
         assert be.calls == [3]
         assert eng.last_window[0] == 0.025 and eng.last_window[1] == pytest.approx(0.025, abs=2e-3)
-        # 3 requests answered by a 4 s call: the next call waits up to 0.4 s for 3 rows.
+        # 3 requests answered by a 4 s call, 3 back together: the 0.4 s window ends once
+        # base_s has passed.
+        asyncio.run(submit(3))
+        window, waited = eng.last_window
+        assert window == pytest.approx(0.4) and waited == pytest.approx(0.025, abs=2e-3)
+        # Only 1 of the 3 expected rows comes back: it waits the whole 0.4 s window.
         asyncio.run(submit(1))
         window, waited = eng.last_window
-        assert window == pytest.approx(0.4) and waited == pytest.approx(0.4, abs=0.002)
-        # That call served one request: back to the base window, and the one row expected
-        # back is there at once.
+        assert window == pytest.approx(0.4) and waited == pytest.approx(0.4, abs=2e-3)
+        # That call served one request (a lone client): back to base_s.
         asyncio.run(submit(1))
-        assert eng.last_window[0] == 0.025 and eng.last_window[1] == 0.0
+        assert eng.last_window == (0.025, pytest.approx(0.025, abs=2e-3))
+        assert be.calls == [3, 3, 1, 1]
     finally:
         eng.close()

@@ -78,9 +78,11 @@ class WindowPolicy:
     call that served several requests it is `fraction` of that call's wall time (the clients'
     next requests arrive while a 10x longer call would otherwise run half-empty), bounded to
     [base_s, max_s]; after a call that served one request (a lone client) it is `base_s`.
-    The wait also ends as soon as the rows expected back are queued — the rows the last call
-    answered plus those that queued meanwhile, at most max_batch — so a full batch never
-    waits, and a lone client's next request goes at once.
+    The wait ends early when `max_batch` rows are queued, and, once `base_s` has passed, when
+    the rows expected back are queued (the rows the last call answered plus those that queued
+    meanwhile, at most max_batch): the extension costs nothing when the clients are back.
+    Below `base_s` it never ends early on that count, so batching is never worse than with the
+    fixed `base_s` window (a burst after an idle spell still gathers for `base_s`).
     """
 
     base_s: float = 0.025
@@ -100,10 +102,14 @@ class WindowPolicy:
             return self.base_s
         return min(self.max_s, max(self.base_s, self.fraction * last_call_s))
 
-    @staticmethod
-    def ready(waited_s: float, window_s: float, queued_rows: int, target_rows: int) -> bool:
-        """Dispatch now: the window is over or the rows expected (target) are queued."""
-        return waited_s >= window_s or queued_rows >= target_rows
+    def ready(
+        self, waited_s: float, window_s: float, queued: int, expected: int, max_batch: int
+    ) -> bool:
+        """Dispatch now? `queued` rows after `waited_s` of a `window_s` window; `expected`:
+        the rows expected back (see the class doc)."""
+        if waited_s >= window_s or queued >= max_batch:
+            return True
+        return waited_s >= self.base_s and queued >= expected
 
 
 class EngineClosed(RuntimeError):
@@ -301,13 +307,12 @@ class BatchEngine:
 
     def _gather(self) -> None:
         """Let concurrent requests (and clients just answered by the last call) join this
-        call: until `WindowPolicy.ready` (the window is over or the rows expected back are
-        queued)."""
+        call: until `WindowPolicy.ready`."""
         last_s, last_jobs = self._last_call or (None, 0)
         window = self.policy.window(last_s, last_jobs)
         t0 = self._clock()
         while not self.policy.ready(
-            self._clock() - t0, window, self.queued_rows, self._expected_rows
+            self._clock() - t0, window, self.queued_rows, self._expected_rows, self.max_batch
         ):
             self._sleep(0.001)
         self.last_window = (window, self._clock() - t0)
