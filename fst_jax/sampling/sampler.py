@@ -340,8 +340,9 @@ class Sampler:
         weights, state = self._start(params, sampling, key, fn, *self._padded(fixed, rows, fills))
         pad_id, stop_ids = self._pad_id(), self.stop_ids(sampling)
         return SampleStream(
-            self, weights, state, n, sampling, pad_id, stop_ids, chunk=chunk, prefetch=prefetch
-        )
+            self._host_rollouts, self.engine_config, weights, state, n, sampling, pad_id,
+            stop_ids, chunk=chunk, prefetch=prefetch,
+        )  # fmt: skip
 
     def _prepare(
         self,

@@ -19,17 +19,15 @@ consumer that stops early (`SampleStream.stop`) may have one chunk decoded that 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
 
+from fst_jax.models.config import ModelConfig
 from fst_jax.sampling import engine
 from fst_jax.sampling.select import SamplingParams
-
-if TYPE_CHECKING:
-    from fst_jax.sampling.sampler import Rollouts, Sampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +65,8 @@ def _parse(info: np.ndarray, n: int, emitted: int) -> StreamChunk:
 
 
 class SampleStream:
-    """Iterate for `StreamChunk`s; `result()` gives the `Rollouts` (made by `Sampler`).
+    """Iterate for `StreamChunk`s; `result()` gives the `Rollouts` (made by `Sampler`, which
+    passes `rollouts`: the layout dict and the batch size → its `Rollouts`).
 
     Not thread-safe: one consumer drives it. `stop()` ends decoding after the chunk being
     read: `result()` then holds each row as far as it was decoded (rows that stopped are
@@ -76,7 +75,8 @@ class SampleStream:
 
     def __init__(
         self,
-        sampler: Sampler,
+        rollouts: Callable[[dict[str, jax.Array], int], Any],
+        config: ModelConfig,
         weights: Any,
         state: engine.DecodeState,
         n: int,
@@ -88,12 +88,12 @@ class SampleStream:
         prefetch: bool,
     ) -> None:
         check_chunk(chunk)
-        self._sampler, self._weights, self._state = sampler, weights, state
+        self._rollouts, self._weights, self._state = rollouts, weights, state
         self._n, self._sampling, self._prefetch = n, sampling, prefetch
-        self._args = (sampler.engine_config, sampling, pad_id, stop_ids, chunk)
+        self._args = (config, sampling, pad_id, stop_ids, chunk)
         self._pad_id = pad_id
         self._stopped = self._exhausted = False
-        self._result: Rollouts | None = None
+        self._result: Any = None
         self.chunks = 0  # chunks read so far
 
     def _dispatch(self, state: engine.DecodeState) -> tuple[engine.DecodeState, jax.Array]:
@@ -128,12 +128,12 @@ class SampleStream:
         finally:
             self._exhausted = True
 
-    def result(self) -> Rollouts:
+    def result(self) -> Any:
         """The `Rollouts` of the call (draining the chunks not read yet unless stopped)."""
         if self._result is None:
             for _ in self:
                 pass
             out = engine.finalize(self._state, pad_id=self._pad_id)
-            self._result = self._sampler._host_rollouts(out, self._n)
+            self._result = self._rollouts(out, self._n)
             self._state = self._weights = None  # free the cache
         return self._result
