@@ -51,6 +51,8 @@ RESUMABLE_KEYS = (
     "sft.checkpoint_every",
     "sft.export",
     "metrics",  # where metrics are mirrored (W&B) never changes what a run computes
+    # the sampler's cross-call context KV cache: memory/speed only, same samples (its tests)
+    "sampling.context_cache_slots",
 )
 
 

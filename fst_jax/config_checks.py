@@ -175,6 +175,7 @@ def _ranges(c: Any, ctx: CheckContext) -> None:
         ("rl.warmup_steps", 0), ("gepa.k", 1), ("gepa.budget", 0), ("gepa.anchor_size", 1),
         ("gepa.minibatch", 1), ("gepa.max_pool", 1), ("gepa.reflection_max_tokens", 1),
         ("sampling.max_new_tokens", 1), ("sampling.max_context_len", 1), ("sampling.top_k", 0),
+        ("sampling.context_cache_slots", 0),
         ("eval.every_cycles", 1), ("eval.num_examples", 1), ("eval.k", 1),
         ("eval.kl_examples", 0), ("checkpoint.every_cycles", 1), ("checkpoint.keep", 1),
         ("task.switch_every", 0),

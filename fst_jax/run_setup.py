@@ -147,9 +147,12 @@ def make_sampling(c: Any, model_config: Any, tokenizer: Any, rows: Any) -> tuple
     """(row-sharded sampler with a progress bar, SamplingParams, empty prompt bank)."""
     from fst_jax.rows import RowShardedSampler
 
-    sampler = ProgressSampler(
-        RowShardedSampler(sampling.Sampler(model_config, tokenizer), rows), enabled=c.progress
-    )
+    from fst_jax.sampling.sampler import DEFAULT_CONTEXT_SLOTS
+
+    # configs written before the key (resumed runs) keep the sampler's default
+    slots = c.sampling.get("context_cache_slots", DEFAULT_CONTEXT_SLOTS)
+    inner = sampling.Sampler(model_config, tokenizer, context_cache=slots)
+    sampler = ProgressSampler(RowShardedSampler(inner, rows), enabled=c.progress)
     sp = sampling.SamplingParams(
         temperature=c.sampling.temperature, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
         max_new_tokens=c.sampling.max_new_tokens,

@@ -41,6 +41,7 @@ if "ctl_odd" not in task_base.list_tasks():
         ({"gepa.minibatch": 9}, "exceeds gepa.anchor_size"),
         ({"task.stream": "ctl_parity,ctl_odd"}, "switch_every"),
         ({"resume": "maybe"}, "auto, force, never"),
+        ({"sampling.context_cache_slots": -1}, r"sampling.context_cache_slots=-1.*>= 0"),
     ],
 )
 def test_bad_configs_name_the_fix(edit, match):
@@ -172,3 +173,25 @@ def test_ablations_override_and_reject_unknown():
     assert c.num_cycles * 12 == 600  # same RL steps as the paper's HoVer run
     with pytest.raises(ValueError, match="Did you mean 'tau8'"):
         _load("ablations", "codeio,tau9")
+
+
+@pytest.mark.parametrize("slots", [0, 3, None])
+def test_context_cache_slots_reach_the_sampler(slots):
+    """`sampling.context_cache_slots` sizes the controller's sampler cache (0 = none); a config
+    written before the key existed gets the sampler's default; the key is resumable."""
+    from fst_jax.models import get_config
+    from fst_jax.models.random_init import tiny_tokenizer
+    from fst_jax.sampling.sampler import DEFAULT_CONTEXT_SLOTS
+
+    c = tiny_config()
+    if slots is None:
+        del c.sampling["context_cache_slots"]
+    else:
+        c.sampling.context_cache_slots = slots
+    run_setup.validate_config(c, 1)
+    rows = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sampler, _, _ = run_setup.make_sampling(c, get_config("tiny_llama"), tiny_tokenizer(), rows)
+    cache = sampler.sampler.context_cache  # ProgressSampler → RowShardedSampler → Sampler
+    want = DEFAULT_CONTEXT_SLOTS if slots is None else slots
+    assert (cache.slots if cache is not None else 0) == want
+    assert ckpt._resumable("sampling.context_cache_slots")

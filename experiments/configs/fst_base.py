@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.max_new_tokens = 2048
     c.sampling.max_context_len = 1024  # one context text, tokens (prompt bank row length)
     c.sampling.context_in = "system"  # system | user
+    # Contexts' keys/values kept across sampler calls under the current weights (slots; 0 =
+    # off). Each slot holds max_context_len tokens of KV cache (SmolLM2-135M fp32: 46 KB/token).
+    c.sampling.context_cache_slots = 16
 
     c.rl = ml_collections.ConfigDict()
     c.rl.steps_per_cycle = 6  # T
