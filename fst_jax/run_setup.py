@@ -146,7 +146,6 @@ def starting_params(c: Any, params: Any) -> tuple[Any, Any]:
 def make_sampling(c: Any, model_config: Any, tokenizer: Any, rows: Any) -> tuple[Any, Any, Any]:
     """(row-sharded sampler with a progress bar, SamplingParams, empty prompt bank)."""
     from fst_jax.rows import RowShardedSampler
-
     from fst_jax.sampling.sampler import DEFAULT_CONTEXT_SLOTS
 
     # configs written before the key (resumed runs) keep the sampler's default
