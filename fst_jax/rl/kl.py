@@ -99,7 +99,8 @@ def chunked_kl_sums(
 
     Rows are padded to whole micro-batches with empty rows (mask 0, positions −1), which add
     nothing. Micro-batch j holds rows j, j + n, j + 2n, … (n micro-batches): a [B] → [mb, n]
-    reshape keeps a row-sharded batch on its devices, so no rows move between them.
+    reshape keeps a row-sharded batch on its devices, so no rows move between them (when no
+    padding is needed, as at the default 32 rows).
     """
     b = tokens.shape[0]
     mb, n = micro_batch_rows(b, rows_per_chunk, shards)
