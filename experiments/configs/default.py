@@ -9,7 +9,8 @@ Why these numbers (probes on 2 cores, experiments/results/default_run/README.md)
 temperature 0.7 the base reward is higher than at 1.0 (0.14-0.20 vs 0.12 on 128 problems), so
 more groups carry signal; lr 5e-5 on 4 × 8 rollouts moved the policy far (KL 0.46) without
 raising reward (+0.016 ± 0.056), while this config (lr 2e-5 on 8 × 8) raised the seed-context
-reward 0.195 → 0.367 (+0.172 ± 0.061, z = 2.8, one seed) at KL 0.16 in 14.5 min.
+reward 0.195 → 0.367 (+0.172 ± 0.061, z = 2.8) at KL 0.16 with seed 0; seed 1 gained less
+(+0.055 ± 0.055 under the seed context, +0.125 ± 0.046 without context) in 10 min at 6.6 GiB.
 """
 
 import os
