@@ -11,6 +11,7 @@ with the byte offset a checkpoint stores and `truncate_jsonl` cuts back to on re
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
@@ -225,17 +226,42 @@ def truncate_jsonl(path: str | os.PathLike, offset: int) -> None:
         f.truncate(offset)
 
 
-def read_jsonl(path: epath.Path) -> list[dict[str, Any]]:
-    """Every row of a JSONL file (local or URI); a line that is not JSON is an error naming it."""
-    rows = []
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every row of a JSONL file (optionally .gz), or of a .json file holding a list of rows;
+    local path or URI. The one reader for run logs (metrics.jsonl, gepa_log.jsonl) and task /
+    SFT data files: a missing file, a line that is not JSON or a row that is not an object is an
+    error naming the file, the line and the fix."""
+    p = path if isinstance(path, epath.Path) else workdir_path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist; check the path")
+    raw = p.read_bytes()
+    text = (gzip.decompress(raw) if p.name.endswith(".gz") else raw).decode("utf-8")
+    if p.name.endswith((".json", ".json.gz")) or text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{p}: not valid JSON ({e}); a .json data file holds one list of row objects"
+            ) from e
+        if not isinstance(data, list):
+            raise ValueError(f"{p}: expected a JSON list of rows, got {type(data).__name__}")
+        numbered = [(f"row {n}", row) for n, row in enumerate(data, 1)]
+    else:
+        numbered = []
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                numbered.append((f"line {n}", json.loads(line)))
             except json.JSONDecodeError as e:
                 raise ValueError(
-                    f"{path}:{lineno} is not valid JSON ({e}); the file is corrupt"
+                    f"{p}, line {n}: not valid JSON ({e}); each line must be one JSON object: "
+                    "fix or delete that line"
                 ) from e
-    return rows
+    for where, row in numbered:
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{p}, {where}: expected a JSON object, got {type(row).__name__}; "
+                'each row must be one {"field": value, ...} object'
+            )
+    return [row for _, row in numbered]

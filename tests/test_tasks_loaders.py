@@ -2,13 +2,15 @@
 Polaris JSONL/parquet, HoVer release JSON + HF-style rows + wiki-abstract corpus, physics rows;
 the three sources (file, HF `datasets`, TFDS array_record); malformed rows; hard subsets."""
 
+import gzip
 import json
 import os
 
 import pytest
 
+from fst_jax.paths import read_jsonl
 from fst_jax.tasks import build_hard_subset, get_task, load_subset
-from fst_jax.tasks.loaders import load_rows, read_jsonl, write_jsonl
+from fst_jax.tasks.loaders import load_rows, write_jsonl
 
 CODEIO_ROWS = [
     {
@@ -298,6 +300,31 @@ def test_malformed_rows_name_row_and_field(tmp_path):
         load_rows(path=str(path), hf_id="x")
     with pytest.raises(ValueError, match="corpus_path"):
         get_task("hover", source="real", path=str(path))
+
+
+def test_one_jsonl_reader_for_data_files_and_run_logs(tmp_path):
+    """paths.read_jsonl serves task data (.jsonl, .jsonl.gz, .json list) and run logs alike;
+    each error names the file, the line or row, and the fix."""
+    rows = [{"a": 1}, {"b": "ü"}]
+    text = "\n".join(json.dumps(r) for r in rows) + "\n\n"  # a blank line is skipped
+    (tmp_path / "d.jsonl").write_text(text)
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    for name in ("d.jsonl", "d.jsonl.gz", "d.json"):
+        assert read_jsonl(str(tmp_path / name)) == rows, name
+    assert load_rows(path=str(tmp_path / "d.jsonl.gz")) == rows
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\n\n7\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 3: expected a JSON object, got int"):
+        read_jsonl(bad)
+    bad.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: not valid JSON .*fix or delete"):
+        read_jsonl(bad)
+    (tmp_path / "obj.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match=r"obj.json: expected a JSON list of rows, got dict"):
+        read_jsonl(tmp_path / "obj.json")
+    with pytest.raises(FileNotFoundError, match=r"nope.jsonl does not exist; check the path"):
+        read_jsonl(tmp_path / "nope.jsonl")
 
 
 def test_unreachable_hf_dataset_gives_actionable_error():

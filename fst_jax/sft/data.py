@@ -93,7 +93,8 @@ def load_conversations(
     Files and HF datasets have no split of their own here: `val_fraction` of rows (by a hash of
     their prompt turns) is the validation split, the rest train. Generators split themselves.
     """
-    from fst_jax.tasks.loaders import load_hf, read_jsonl
+    from fst_jax.paths import read_jsonl
+    from fst_jax.tasks.loaders import load_hf
 
     kwargs = dict(kwargs or {})
     if split not in ("train", "validation"):

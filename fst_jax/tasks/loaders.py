@@ -9,44 +9,12 @@ their own module file).
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
-
-def read_jsonl(path: str) -> list[dict]:
-    """Rows of a JSONL file (optionally .gz), or of a JSON file holding a list of rows."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Data file {path!r} does not exist; check the path.")
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    stripped = text.lstrip()
-    if path.endswith((".json", ".json.gz")) or stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}).") from e
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}.")
-        rows = data
-    else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"{path}, line {n}: not valid JSON ({e}); each line must be one JSON object."
-                ) from e
-    for n, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}, row {n}: expected a JSON object, got {type(row).__name__}.")
-    return rows
+from fst_jax.paths import read_jsonl
 
 
 def write_jsonl(path: str, rows: Sequence[dict]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+from fst_jax.paths import read_jsonl
 from fst_jax.tasks.base import (
     Example,
     Task,
@@ -20,7 +21,7 @@ from fst_jax.tasks.base import (
     check_disjoint,
     check_split_name,
 )
-from fst_jax.tasks.loaders import read_jsonl, write_jsonl
+from fst_jax.tasks.loaders import write_jsonl
 
 
 def get_task(name: str, **kwargs) -> Task:

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
-from fst_jax.tasks.loaders import read_jsonl
+from fst_jax.paths import read_jsonl
 
 
 class FstJsonl(tfds.core.GeneratorBasedBuilder):
