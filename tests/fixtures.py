@@ -20,6 +20,9 @@ import numpy as np
 
 from fst_jax.gepa import LocalReflectionLM
 
+# The contexts of conftest's shared `bank` (a short, a longer and a persona context).
+BANK_CONTEXTS = ("Be brief.", "Think step by step, then answer.", "You are a pirate.")
+
 
 def scripted_score(text: str, example_id: str, salt: str = "") -> float:
     h = hashlib.sha256(f"{salt}|{text}|{example_id}".encode()).digest()

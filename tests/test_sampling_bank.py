@@ -9,7 +9,6 @@ import pytest
 from chat_oracle import chat_template_ids
 
 from fst_jax.models import get_config, init_params
-from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.sampling import (
     Sampler,
     SamplingParams,
@@ -38,11 +37,6 @@ def _compose(bank, sampler, idx, tasks):
         bank.layout.pad_id,
     )
     return np.asarray(toks), np.asarray(pos), np.asarray(lens)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")

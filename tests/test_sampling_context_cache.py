@@ -6,30 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from fst_jax.models import get_config, init_params
-from fst_jax.models.random_init import tiny_tokenizer
-from fst_jax.sampling import Sampler, SamplingParams, build_bank, num_compilations
+from fst_jax.sampling import Sampler, SamplingParams, num_compilations
 from fst_jax.sampling.context_cache import ContextCache
 
-CONTEXTS = ["Be brief.", "Think step by step, then answer.", "You are a pirate."]
 TASKS = ["What is 2+2?", "Name a color.", "Say hi", "Count to three."]
 SP = SamplingParams(temperature=1.0, top_k=50, max_new_tokens=5)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model():
-    cfg = get_config("tiny_llama")
-    return cfg, init_params(cfg, jax.random.PRNGKey(0))
-
-
-@pytest.fixture(scope="module")
-def bank(tok):
-    return build_bank(tok, CONTEXTS, max_prompts=4, max_len=48)
 
 
 def _same(a, b):

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import BANK_CONTEXTS
 
-from fst_jax.models import default_positions, forward, get_config, init_params, stack_layers
-from fst_jax.models.random_init import tiny_tokenizer
+from fst_jax.models import default_positions, forward, stack_layers
 from fst_jax.sampling import (
     Sampler,
     SamplingParams,
@@ -17,24 +17,7 @@ from fst_jax.sampling import (
 )
 
 SLOW = pytest.mark.slow  # the heavier cases (more compiles); `pytest -m "not slow"` skips them
-CONTEXTS = ["Be brief.", "Think step by step, then answer.", "You are a pirate."]
 TASKS = ["What is 2+2?", "Name a color.", "Say hi", "Count to three.", "Why?", "Spell cat."]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model():
-    cfg = get_config("tiny_llama")
-    return cfg, init_params(cfg, jax.random.PRNGKey(0))
-
-
-@pytest.fixture(scope="module")
-def bank(tok):
-    return build_bank(tok, CONTEXTS, max_prompts=4, max_len=48)
 
 
 def _full_logits(cfg, params, r):
@@ -280,7 +263,7 @@ def test_prefix_cache_and_shared_prefill_equal_the_full_prefill(tok, model, sp):
     (here 2-3 rows share a pair, like an RL step's G/K rollouts) gives the tokens and log-probs
     of every row prefilling its whole padded prompt."""
     cfg, params = model
-    bank = build_bank(tok, CONTEXTS, max_prompts=4, max_len=160)  # rows padded far past use
+    bank = build_bank(tok, BANK_CONTEXTS, max_prompts=4, max_len=160)  # rows padded far past use
     idx = [0, 0, 0, 1, 1, 2, 2, 2, bank.no_context, bank.no_context]
     tasks = [TASKS[0]] * 3 + [TASKS[1]] * 2 + [TASKS[2], TASKS[2], TASKS[3]] + [TASKS[4]] * 2
     key = jax.random.PRNGKey(5)
