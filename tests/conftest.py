@@ -1,5 +1,6 @@
-"""Test setup: 8 fake CPU devices for sharding tests, set before anything imports jax; and the
-tiny random model the sampler tests share (built once per session: one init, not one a file)."""
+"""Test setup: 8 fake CPU devices for sharding tests, set before anything imports jax; a
+persistent XLA compile cache for the fast tier; and the tiny random model the sampler tests share
+(built once per session: one init, not one a file)."""
 
 import os
 
@@ -11,6 +12,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`-m "not slow"` (the everyday loop) keeps XLA executables on disk across runs: ~70 % of
+    the fast tier's time is XLA compiles of the same tiny models, and a warm run skips them. Only
+    there: every fast test passes on executables read back from the cache (measured), while slow
+    tests compare compilers' cost/memory analyses of executables (tests/test_aot.py), which the
+    cache has not been shown to keep. Jitted-function caches in memory, what the recompilation
+    tests count, are unchanged. FST_JAX_TEST_XLA_CACHE=0 turns it off, =<dir> moves it."""
+    where = os.environ.get("FST_JAX_TEST_XLA_CACHE", "")
+    if "not slow" not in (config.option.markexpr or "") or where == "0":
+        return
+    import jax
+
+    root = os.environ.get("FST_JAX_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "fst_jax"
+    )
+    jax.config.update("jax_compilation_cache_dir", where or os.path.join(root, "xla-tests"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # tiny models compile fast
+    jax.config.update("jax_compilation_cache_max_size", 2 << 30)  # LRU-evicted past 2 GiB
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@ several updates per rollout batch."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,13 +39,19 @@ def rollouts(params):
     return out
 
 
+@functools.cache
+def _step(temperature: float):
+    """One compiled train step per temperature (the two 0.7 checks share one compile)."""
+    return make_train_step(CFG, sharding.single_device_mesh(), RLConfig(temperature=temperature))
+
+
 def _one_step_metrics(params, out, old, temperature):
     rewards = np.asarray([0, 1, 0, 1, 1, 0, 0, 0], np.float32)
     batch, _ = make_batch(
         out.tokens, out.positions, out.completion_mask, old, rewards,
         np.repeat(np.arange(2), 4), group_size=4,
     )  # fmt: skip
-    step = make_train_step(CFG, sharding.single_device_mesh(), RLConfig(temperature=temperature))
+    step = _step(temperature)
     _, m = step(step.init(params), batch)
     return {k: float(v) for k, v in jax.device_get(m).items()}
 
