@@ -12,11 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from fst_jax.models import get_config, init_params
-from fst_jax.models.random_init import tiny_tokenizer
-from fst_jax.sampling import Sampler, SamplingParams, build_bank, num_compilations
+from fst_jax.sampling import Sampler, SamplingParams, num_compilations
 
-CONTEXTS = ["Be brief.", "Think step by step, then answer.", "You are a pirate."]
 TASKS = ["What is 2+2?", "Name a color.", "Say hi", "Count to three.", "Why?", "Spell cat."]
 FIELDS = (
     "tokens", "positions", "completion_mask", "logps", "raw_logps", "prompt_lengths",
@@ -25,11 +22,9 @@ FIELDS = (
 
 
 @pytest.fixture(scope="module")
-def setup():
-    tok = tiny_tokenizer()
-    cfg = get_config("tiny_llama")
-    params = init_params(cfg, jax.random.PRNGKey(0))
-    bank = build_bank(tok, CONTEXTS, max_prompts=4, max_len=48)
+def setup(tok, model, bank):
+    """conftest's shared tiny model and bank, with one sampler for the file."""
+    cfg, params = model
     return Sampler(cfg, tok), params, bank
 
 

@@ -16,14 +16,8 @@ import threading
 
 import pytest
 
-from fst_jax.models.random_init import tiny_tokenizer
 from fst_jax.serve.backend import Detokenizer, RowText, decode_pieces, finish
 from fst_jax.serve.batching import BatchEngine, GroupKey, Row, RowOut, WindowPolicy
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 def _brute_force(tok, ids, finished, max_tokens, stop):
