@@ -8,7 +8,8 @@ everything. So every benchmark measures, in the same run:
 * `matmul_gflops(dtype)`: best of a few 2048² matmuls in JAX (bf16 inputs accumulate in f32, the
   decoder's setting) and, when torch is importable, in torch; the peak is the larger of the two,
   i.e. what this CPU demonstrably sustains with the best library at hand.
-* `read_bandwidth_gbs()`: best of 5 numpy sums over 256 MiB (the method of research/env.md).
+* `read_bandwidth_gbs()`: best of 5 numpy sums over 256 MiB (a read-bandwidth estimate that
+  needs no STREAM install).
 """
 
 from __future__ import annotations

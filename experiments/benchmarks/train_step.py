@@ -16,7 +16,7 @@ is the low-memory setting.
 MFU = model FLOPs / time / peak, with model FLOPs = 6·N·B·S + 12·L·H·hd·S²·B (dense attention
 as computed; remat recomputation not counted) and peak this CPU's fp32 matmul rate measured in
 the same run (`peaks.py`: the best 2048² matmul of JAX and torch), so the figure means the same on
-every machine this runs on (nominal peaks differ: 166 GFLOP/s on the Zen 4 of research/env.md,
+every machine this runs on (nominal peaks differ: 166 GFLOP/s on one 2-core Zen 4 VM,
 333 on an AVX-512 Xeon).
 """
 

@@ -1,6 +1,6 @@
 """CodeIO: predict a function's output (or a feasible input) and answer as one JSON object.
 
-Verifier = CodeI/O's checker (research/tasks.md §1.3): last complete JSON, key `output` /
+Verifier = CodeI/O's checker (the CodeI/O paper's released evaluation): last complete JSON, key `output` /
 `input`, `is_close` for outputs; input predictions are re-executed against the reference code
 in the sandbox. Sources:
   * "generated" (default, offline): a seeded generator composing small integer / list / string

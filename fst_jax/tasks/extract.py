@@ -1,6 +1,6 @@
 """Answer extraction shared by the verifiers: `\\boxed{}`, CodeI/O JSON, numbers, closeness.
 
-Behaviour follows the original checkers described in research/tasks.md: the last `\\boxed{...}`
+Behaviour follows the original checkers: the last `\\boxed{...}`
 with brace matching (DeepScaleR / the star-graph repo), the last complete top-level JSON object
 with CodeI/O's fallbacks, and CodeI/O's `is_close`. Every function returns a value or a reason;
 none raises on model text, however malformed.

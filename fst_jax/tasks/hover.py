@@ -1,6 +1,6 @@
 """HoVer / HoVer-hard: multi-hop claim verification as a retrieval task (GEPA's setup).
 
-Formulation (research/tasks.md §3.2, option (i), single turn): the question shows the claim and
+Formulation (single turn): the question shows the claim and
 the top-k1 BM25 documents retrieved with the claim (hop 1). The policy writes follow-up search
 queries ("Query: ..." lines); each is run through BM25 (top-k2). Reward = 1 when every gold
 supporting document is among all retrieved documents (GEPA's HoVer metric); with

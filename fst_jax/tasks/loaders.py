@@ -2,7 +2,7 @@
 
 Every task's real loader goes through `load_rows`, so all three sources behave the same and a
 malformed row is reported with its file, row number and field. TFDS is used only through the
-array_record `data_source` path, which works without TensorFlow (research/env.md); the builder
+array_record `data_source` path, which works without TensorFlow installed; the builder
 that converts a JSONL file into that format lives in `tfds_builder.py` (TFDS needs builders in
 their own module file).
 """

@@ -1,6 +1,6 @@
 """Math: Polaris (real) and GSM-style generated word problems (offline), `\\boxed{}` answers.
 
-Verifier (research/tasks.md §2.2): last `\\boxed{...}`; numbers compare exactly (integers,
+Verifier (as in DeepScaleR / Polaris evaluation): last `\\boxed{...}`; numbers compare exactly (integers,
 fractions, decimals after stripping `$`, commas, units, `\\%`); anything else goes through
 `math-verify` equivalence. Feedback follows GEPA's AIME metric: correct/incorrect, the gold
 answer, the extracted answer, and the reference solution when there is one.

@@ -1,6 +1,6 @@
 """Physics: short-answer numeric (or multiple-choice) problems with tolerance checking.
 
-FST's Physics dataset is unnamed (research/tasks.md §4), so the offline source is a templated
+The FST paper does not name its Physics dataset, so the offline source is a templated
 generator of one- and two-formula problems (kinematics, Ohm's law, energy, momentum, density,
 waves) with SI values; gold is computed in Python. `format="mc"` turns each problem into four
 options A-D. Verifier: last `\\boxed{}`, units stripped, relative tolerance (default 1e-2); for

@@ -15,7 +15,10 @@ import random
 
 from fst_jax.tasks.base import Example, Task, Verdict, example_id, register_task, split_of
 
-# name -> (degree, path_len, num_nodes); research/tasks.md §5.1 and §9.5.
+# name -> (degree, path_len, num_nodes). paper_easy / paper_hard: Deg-5-Path-5 and
+# Deg-10-Path-10 with 300 nodes, the settings of "What Can You Do When You Have Zero Rewards During
+# RL?" (arXiv 2510.03971), which FST cites; illustration = its Deg-3-Path-3 figure; tiny..hard:
+# smaller sizes for small models.
 SIZES = {
     "tiny": (2, 2, 10),
     "easy": (2, 3, 20),

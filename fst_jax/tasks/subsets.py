@@ -1,7 +1,7 @@
 """Hard subsets: filter a task's examples by a model's pass rate and save them as a data file.
 
-Why: HoVer-hard-style sets (research/tasks.md §3.3(b), §9) keep only problems the base policy
-fails. The pass rates come from the caller (the controller samples the model k times per
+Why: HoVer-hard-style sets (the FST paper's HoVer-hard: claims the base policy fails) keep only
+problems the base policy fails. The pass rates come from the caller (the controller samples the model k times per
 problem); this module only filters, writes a self-describing JSONL file (a header line naming
 the source task and its kwargs, then one example per line with its split and pass rate) and
 loads it back as a Task whose verifier is the source task's.

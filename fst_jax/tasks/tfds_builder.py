@@ -1,6 +1,6 @@
 """TFDS builder turning JSONL files into an array_record dataset readable without TensorFlow.
 
-TFDS looks up a builder's code directory, so it must live in its own module (research/env.md).
+TFDS looks up a builder's code directory, so it must live in its own module file.
 Each record holds one JSON-encoded row in a `json` Text feature; `loaders.load_tfds` decodes it.
 Usage: `build_array_record({"train": "a.jsonl", "validation": "b.jsonl"}, data_dir)`, then
 `get_task(..., tfds_name="fst_jsonl", tfds_dir=data_dir)`.
