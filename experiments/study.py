@@ -119,6 +119,26 @@ def _commit() -> str:
         return "unknown"
 
 
+def merge_manifest(prev: dict, new: dict) -> dict:
+    """The study after this invocation: `new`'s settings, every arm of either, and per arm the
+    union of seeds' workdirs — rerunning an arm with other `--seeds` adds them, never drops
+    the seeds an earlier invocation ran."""
+    arms = {name: dict(arm) for name, arm in prev["arms"].items()}
+    for name, arm in new["arms"].items():
+        workdirs = {**arms.get(name, {}).get("workdirs", {}), **arm["workdirs"]}
+        arms[name] = {**arm, "workdirs": dict(sorted(workdirs.items(), key=lambda kv: int(kv[0])))}
+    seeds = sorted({int(s) for arm in arms.values() for s in arm["workdirs"]})
+    merged = {**new, "arms": arms, "seeds": seeds}
+    if not any(arm["kind"] == "star" for arm in new["arms"].values()):
+        for key in (
+            "star_size",
+            "star_overrides",
+        ):  # the star arms' settings are the last star run's
+            if key in prev:
+                merged[key] = prev[key]
+    return merged
+
+
 def run_one(cmd: list[str], workdir: Path, log: Path) -> dict:
     """Runs one fst-train child; wall time and the child's peak RSS (wait4's ru_maxrss, KiB)."""
     t0 = time.monotonic()
@@ -148,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         print("study: skipping arm fst_rule_reuse (this config has no rl.reuse_gepa_rollouts)")
         arms.remove("fst_rule_reuse")
     star_cfg = out / "star_graph_config.py"
-    star_cfg.write_text(STAR_CONFIG.format(base=base, size=a.star_size), encoding="utf-8")
+    if any(ARMS[arm][0] == "star" for arm in arms):  # else keep the file the star runs used
+        star_cfg.write_text(STAR_CONFIG.format(base=base, size=a.star_size), encoding="utf-8")
     manifest = {
         "command": shlex.join(["python", "experiments/study.py", *(argv or sys.argv[1:])]),
         "commit": _commit(), "seeds": a.seed_list, "base_config": os.path.relpath(base, REPO),
@@ -160,10 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         manifest["arms"][arm] = {"kind": kind, "mode": mode, "reflection_lm": lm,
                                  "workdirs": {str(s): f"runs/{arm}/seed{s}" for s in a.seed_list}}  # fmt: skip
     old = out / study.MANIFEST
-    if old.exists():  # arms of earlier invocations stay in the study (rerun with fewer --arms)
+    if old.exists():  # arms and seeds of earlier invocations stay in the study
         prev = json.loads(old.read_text(encoding="utf-8"))
-        manifest = prev if a.aggregate_only else {**manifest,
-                                                  "arms": {**prev["arms"], **manifest["arms"]}}  # fmt: skip
+        manifest = prev if a.aggregate_only else merge_manifest(prev, manifest)
     old.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     failed = []
     for arm in [] if a.aggregate_only else arms:
