@@ -423,7 +423,7 @@ class Controller:
                 seed_context=self._seed_prompt(name),
                 examples=task.examples("validation")[: c.eval.num_examples], task=task,
                 k=c.eval.k, kl_examples=c.eval.kl_examples,
-                key=_fold(self.key, _TAG_EVAL, self.rs.step, *([i] if len(names) > 1 else [])),
+                key=_fold(self.key, _TAG_EVAL, *([i] if len(names) > 1 else [])),  # every eval: same keys
                 sampling=self.sampling,
                 measure_kl=self.measure_kl,
                 running_max=self.rs.task_running_max[name] if len(names) > 1 else self.rs.running_max,

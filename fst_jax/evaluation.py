@@ -28,6 +28,10 @@
 
 Everything samples through one :class:`fst_jax.sampling.Sampler` call per (weights, context)
 setting; the bank passed in has fixed shapes, so evaluations never recompile the sampler.
+The controller passes the same key to every evaluation of a task (common random numbers): a
+problem's k samples use the same random draws at start and end, so sampling noise largely
+cancels in the paired start-vs-end difference, and unchanged weights under an unchanged context
+score exactly the same.
 """
 
 from __future__ import annotations

@@ -110,6 +110,12 @@ def test_mode_two_cycles(mode, tmp_path):
     )
     if mode == "gepa":
         assert train == [] and not moved and val[-1]["val/kl_to_base"] == 0.0
+        # Every evaluation draws the same samples (common random numbers): frozen weights under
+        # a fixed context score identically per problem, so start-vs-end deltas are paired.
+        for setting in ("seed_context", "no_context"):
+            k = f"val/per_example@4_{setting}"
+            assert val[0][k] == val[-1][k]
+        assert summary["delta_seed_context"] == 0.0
     else:
         assert [r["step"] for r in train] == [1, 2, 3, 4]
         assert all(np.isfinite(r["train/loss"]) and "train/grad_norm" in r for r in train)
