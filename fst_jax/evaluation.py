@@ -178,18 +178,21 @@ def validate(
     """One evaluation: mean@k (best context, no context), running max, KL, optional quadrants.
 
     ``bank`` is refilled with [best_context, seed_context] (same shapes → no recompilation).
-    Keys are split per setting so a setting's samples do not depend on which others ran.
+    One key per context role (seed, none, best), shared by both weights: with the same ``key``
+    at every evaluation, a context's samples use the same random draws whatever the weights, so
+    start-vs-end and weights-quadrant differences are paired (common random numbers).
     """
     bank = bank.with_contexts([best_context, seed_context])
-    k_best, k_none, k_qb, k_qs = jax.random.split(key, 4)
-    best = mean_at_k(sampler, params, bank, 0, examples, task, k, k_best, sampling)
+    k_seed, k_none, _, k_best = jax.random.split(key, 4)
+    same = best_context == seed_context
+    best = mean_at_k(
+        sampler, params, bank, 0, examples, task, k, k_seed if same else k_best, sampling
+    )
     none = mean_at_k(sampler, params, bank, bank.no_context, examples, task, k, k_none, sampling)
     # Trained weights × seed context (also the quadrant cell): the same rollouts as `best` while
     # the best context is still the seed, so mode rl and a run's start pay nothing extra.
     seed = (
-        best
-        if best_context == seed_context
-        else mean_at_k(sampler, params, bank, 1, examples, task, k, k_qs, sampling)
+        best if same else mean_at_k(sampler, params, bank, 1, examples, task, k, k_seed, sampling)
     )
     m: dict[str, Any] = {}
     _score(m, f"val/mean@{k}", best)
@@ -215,9 +218,11 @@ def validate(
         # "Base" weights are the ones this run started from: the base model, or the warm start
         # / earlier run it was initialised from (init_from).
         start = base_params if init_params is None else init_params
+        base_seed = mean_at_k(sampler, start, bank, 1, examples, task, k, k_seed, sampling)
         qs = {
-            "base_w/seed_p": mean_at_k(sampler, start, bank, 1, examples, task, k, k_qb, sampling),
-            "base_w/trained_p": mean_at_k(sampler, start, bank, 0, examples, task, k, k_qb, sampling),
+            "base_w/seed_p": base_seed,
+            "base_w/trained_p": base_seed if same else mean_at_k(
+                sampler, start, bank, 0, examples, task, k, k_best, sampling),
             "trained_w/seed_p": seed,
             "trained_w/trained_p": best,
         }  # fmt: skip

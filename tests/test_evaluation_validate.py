@@ -1,5 +1,7 @@
 """evaluation.validate with a scripted sampler: row layout, mean@k, running max, KL batch, quadrants."""
 
+import zlib
+
 import jax
 import numpy as np
 import pytest
@@ -29,10 +31,11 @@ class ScriptedSampler:
     """Answers '1' for row r iff (slot + r) is even, except the base weights always fail."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.keys = [], []
 
     def sample(self, params, bank, idx, questions, key, sampling, row_ids=None):
         self.calls.append((params, list(idx), list(questions), list(row_ids)))
+        self.keys.append(tuple(np.asarray(jax.random.key_data(key)).ravel()))
         ok = [params != "base" and (s + r) % 2 == 0 for r, s in enumerate(idx)]
         return Rollouts([str(int(o)) for o in ok])
 
@@ -79,6 +82,10 @@ def test_validate_layout_means_and_quadrants():
     # Trained weights × seed context (slot 1) every evaluation; the quadrants add base weights
     # with seed (slot 1) and best (slot 0).
     assert [(c[0], c[1][0]) for c in sampler.calls[2:]] == [("theta", 1), ("base", 1), ("base", 0)]
+    # One key per context, whatever the weights (common random numbers across the quadrants).
+    best_k, none_k, seed_k, base_seed_k, base_best_k = sampler.keys
+    assert seed_k == base_seed_k and best_k == base_best_k
+    assert len({best_k, none_k, seed_k}) == 3
     # Slot 1 (odd): odd rows succeed; per problem (4 rows, starting at an even row) 2 of 4.
     assert m["val/mean@4_seed_context"] == 0.5
     assert m["val/per_example@4_seed_context"] == [0.5, 0.5, 0.5]
@@ -122,6 +129,17 @@ def test_standard_errors_are_over_problems_and_seed_context_reuses_best():
     assert m["val/mean@4_se"] == pytest.approx(want) == m["val/mean@4_seed_context_se"]
     assert m["val/mean@4"] == pytest.approx(statistics.mean(rates))
     assert _validate(PerProblemSampler(rates), "best", "seed", len(rates)) is not None
+    # best == seed: the quadrants' start-weights cells are one sampling pass too.
+    s2 = ScriptedSampler()
+    m2 = evaluation.validate(
+        sampler=s2, params="theta", base_params="base", bank=Bank(), best_context="same",
+        seed_context="same", examples=EXAMPLES, task=Task(), k=4, kl_examples=0,
+        key=jax.random.key(0), sampling=None, measure_kl=None,
+        running_max=evaluation.RunningMax(), quadrants=True,
+    )  # fmt: skip
+    assert [(c[0], c[1][0]) for c in s2.calls] == [("theta", 0), ("theta", 7), ("base", 1)]
+    assert s2.keys[0] == s2.keys[2]  # start and trained weights draw the same samples
+    assert m2["val/quadrant/base_w/seed_p"] == m2["val/quadrant/base_w/trained_p"] == 0.0
     assert evaluation.standard_error([0.3]) == 0.0
 
 
@@ -167,3 +185,39 @@ def test_mean_at_k_rejects_empty_and_bad_k():
         evaluation.mean_at_k(ScriptedSampler(), None, Bank(), 0, [], Task(), 4, None, None)
     with pytest.raises(ValueError, match=r"eval\.k must be >= 1"):
         evaluation.mean_at_k(ScriptedSampler(), None, Bank(), 0, EXAMPLES, Task(), 0, None, None)
+
+
+class KeyedSampler:
+    """Row r succeeds iff a hash of (key, row id, context text) is even: samples depend only
+    on the key, the row and the context's text (as the real sampler's do), never on the slot."""
+
+    def sample(self, params, bank, idx, questions, key, sampling, row_ids=None):
+        kd = tuple(np.asarray(jax.random.key_data(key)).ravel().tolist())
+        text = lambda s: "none" if s == Bank.no_context else bank.contexts[s]  # noqa: E731
+        ok = [
+            zlib.crc32(repr((kd, rid, text(s), params)).encode()) % 2 == 0
+            for rid, s in zip(row_ids, idx)
+        ]
+        return Rollouts([str(int(o)) for o in ok])
+
+
+def test_seed_context_samples_are_the_same_when_the_best_context_moves():
+    """Start (best == seed, slot 0) vs end (best evolved, seed in slot 1), unchanged weights and
+    the same key: the seed-context scores must match problem by problem (common random
+    numbers), and an independent draw must not (the oracle is not trivially equal)."""
+    examples = [Example(f"v{i}", f"q{i}", None, {}) for i in range(16)]
+
+    def run(best, key):
+        return evaluation.validate(
+            sampler=KeyedSampler(), params="theta", base_params="base", bank=Bank(),
+            best_context=best, seed_context="seed", examples=examples, task=Task(), k=4,
+            kl_examples=0, key=jax.random.key(key), sampling=None, measure_kl=None,
+            running_max=evaluation.RunningMax(), quadrants=True,
+        )  # fmt: skip
+
+    start, end, other = run("seed", 3), run("evolved", 3), run("seed", 4)
+    k = "val/per_example@4_seed_context"
+    assert start[k] == end[k] and start[k] != other[k]
+    assert start["val/per_example@4_no_context"] == end["val/per_example@4_no_context"]
+    assert end["val/quadrant/base_w/seed_p"] == start["val/quadrant/base_w/seed_p"]
+    assert end["val/per_example@4"] != end[k]  # the evolved context draws its own samples
