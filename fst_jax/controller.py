@@ -41,6 +41,7 @@ process holds the same scores and RL batch (process 0 alone writes files).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -60,28 +61,12 @@ from fst_jax import (
     paths,
     rl,
     run_summary,
-    settings,
-    sharding,
 )
 from fst_jax import gepa as gepa_lib
-from fst_jax.errors import ConfigError
 from fst_jax.gepa import lineage
 from fst_jax.gepa_eval import SamplerEvaluator
-from fst_jax.rl.distill import teacher_view
-from fst_jax.rows import RowShardedTask
-from fst_jax.run_setup import (
-    load_model,
-    make_reflection_lm,
-    make_sampling,
-    make_trainer,
-    progress,
-    reflector_kwargs,
-    starting_params,
-    task_names,
-    validate_config,
-    warn_gepa_budget,
-)
-from fst_jax.run_state import RunState
+from fst_jax.run_setup import build_parts, progress, task_names, validate_config
+from fst_jax.run_state import RunState, restore_run, save_run
 from fst_jax.run_summary import format_summary
 from fst_jax.sampling.prompt_bank import spread_contexts
 from fst_jax.tasks.stream import DataStream, anchor_set, cycle_plan, stream_cycles, train_split
@@ -119,68 +104,36 @@ class Controller:
     """
 
     def __init__(self, config: Any, workdir: str | Path, *, model=None, reflection_lm=None) -> None:
-        from fst_jax.tasks import get_task
-
         self.config, self.workdir = config, paths.workdir_path(workdir)  # gs:// stays a URI
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.is_main = jax.process_index() == 0
         c = config
-        self.mesh = sharding.mesh_from_config(c)
-        self.row_multiple = sharding.batch_shard_count(self.mesh)
-        validate_config(c, self.row_multiple)
-        # Every rollout batch is split over the mesh's batch shards: each process samples,
-        # decodes and verifies only its rows; scores and arrays are gathered (issue 8).
-        self.rows = sharding.batch_sharding(self.mesh)
-        self.tasks = {
-            n: RowShardedTask(get_task(n, **dict(c.task.kwargs)), self.rows) for n in task_names(c)
-        }
-        self.model_config, params, self.tokenizer = model or load_model(c)
         self.key = jax.random.key(c.seed)
-        self.T, self.G, self.K = c.rl.steps_per_cycle, c.rl.group_size, c.gepa.k
-        # Loss, advantage and GEPA settings come from the config (`fst_jax.settings`).
-        self.train_step, self.measure_kl, self.ref_logps, self.advantage_kwargs = make_trainer(
-            c, self.model_config, self.mesh
-        )
-        # π_base = the original base model: val/kl_to_base, quadrants, local reflection (frozen);
-        # start = the weights the run starts from (the in-loss KL penalty's reference, mode gepa's
-        # frozen policy); init = another run's weights for the plasticity probe (or None).
-        self.base_params = params
-        self.start_params, self.init_params = starting_params(c, params)
-        self.state = self.train_step.init(self.start_params)
-        self.sampler, self.sampling, self.bank = make_sampling(
-            c, self.model_config, self.tokenizer, self.rows
-        )
-        # The local reflection LM samples the frozen base policy; its keys read self.key at call
-        # time (a resumed run's restored key), tagged like every other draw of this loop.
-        self.reflector = gepa_lib.Reflector(
-            reflection_lm or make_reflection_lm(
-                c.gepa, sampler=self.sampler, tokenizer=self.tokenizer,
-                model_config=self.model_config, params=self.base_params,
-                key_for=lambda conv: _fold(self.key, _TAG_REFLECT, _text_hash(conv)),
-            ),
-            edit_mode=c.gepa.edit, **reflector_kwargs(c.gepa),
-            lockstep=gepa_lib.jax_lockstep() if jax.process_count() > 1 else None,
+        # Mesh, tasks, model, trainer, sampler, prompt bank, reflector: every field of
+        # `run_setup.RunParts` becomes an attribute (self.sampler, self.tasks, self.G, ...). The
+        # local reflection LM's keys read self.key at call time (a resumed run's restored key).
+        parts = build_parts(
+            c, model=model, reflection_lm=reflection_lm,
+            reflect_key_for=lambda conv: _fold(self.key, _TAG_REFLECT, _text_hash(conv)),
         )  # fmt: skip
-        self.gepa_config = settings.gepa_config(c.gepa)
+        vars(self).update({f.name: getattr(parts, f.name) for f in dataclasses.fields(parts)})
+        self.state = self.train_step.init(self.start_params)
         # Rollout reuse (fst_jax.rl.reuse): the cycle's store of GEPA rollouts, never persisted
-        # (checkpoints fall on cycle ends, where it is empty); reused rows are padded like the
-        # sampler pads (its pad token: the tokenizer's pad, else EOS).
+        # (checkpoints fall on cycle ends, where it is empty).
         self.reuse = c.rl.get("reuse_gepa_rollouts", "off")
         self.store: rl.RolloutStore | None = None
-        t = self.tokenizer
-        self.pad_id = int(t.pad_token_id if t.pad_token_id is not None else t.eos_token_id)
-        if c.mode in ("gepa", "fst", "fst_distill") and self.is_main:
-            warn_gepa_budget(c.gepa)
         # Host-side run state: one object that serialises itself into the checkpoint.
         self.rs = RunState.new(self.tasks, self._seed_prompt(task_names(c)[0]), seed=c.seed,
                                minibatch_size=c.gepa.minibatch)  # fmt: skip
-        self.checkpointer = ckpt_lib.Checkpointer(
-            self.workdir, ckpt_lib.flatten_config(c.to_dict()), max_to_keep=c.checkpoint.keep,
-            allow_foreign=c.resume == "force",
-        )  # fmt: skip
-        resume_step = self._maybe_restore()
+        flat = ckpt_lib.flatten_config(c.to_dict())
+        self.checkpointer = ckpt_lib.Checkpointer(self.workdir, flat, max_to_keep=c.checkpoint.keep,
+                                                  allow_foreign=c.resume == "force")  # fmt: skip
+        restored = restore_run(self.checkpointer, self.workdir, self.state, self.key, self.tasks,
+                               resume=c.resume, is_main=self.is_main)  # fmt: skip
+        if restored is not None:
+            self.state, self.key, self.rs = restored
         self.writer = metrics.MetricsWriter(
-            self.workdir, resume_step=resume_step, run_config=ckpt_lib.flatten_config(c.to_dict()),
+            self.workdir, resume_step=self.rs.step if restored else None, run_config=flat,
             wandb_project=c.metrics.wandb if "metrics" in c else "",
         )  # fmt: skip
         self.gepa_log = lineage.GepaLog(self.workdir, enabled=self.is_main)
@@ -201,47 +154,9 @@ class Controller:
             return c.agnostic_seed_prompt
         return self.tasks[task_name].seed_prompt
 
-    def _maybe_restore(self) -> int | None:
-        latest = self.checkpointer.latest_step()
-        path = self.workdir / metrics.METRICS_FILE
-        if latest is None:
-            if self.is_main and path.exists() and path.stat().length:
-                # A previous attempt died before its first checkpoint: its records get redone.
-                log.warning("no checkpoint in %s; restarting %s from scratch", self.workdir, path)
-                metrics.truncate_jsonl(path, 0)
-            if self.is_main:
-                lineage.truncate(self.workdir, 0)
-            return None
-        if self.config.resume == "never":
-            raise ConfigError(
-                f"{self.checkpointer.directory} already holds checkpoints (latest step {latest}) "
-                "and config.resume=never; use a fresh --workdir or --config.resume=auto"
-            )
-        abstract = ckpt_lib.abstract_like(
-            {"train": self.state, "rng": ckpt_lib.key_to_data(self.key)}
-        )
-        restored, meta = self.checkpointer.restore(abstract)
-        self.state = restored["train"]
-        # Through the host: the restored key is committed to one local device, which a jit over
-        # a multi-process mesh rejects; a fresh (uncommitted) key matches the unresumed run.
-        self.key = ckpt_lib.key_from_data(np.asarray(jax.device_get(restored["rng"])))
-        self.rs, offset = RunState.from_json(meta["host"], self.tasks)
-        if self.is_main:  # drop records written after this checkpoint (they will be redone)
-            metrics.truncate_jsonl(path, offset)
-            lineage.truncate(self.workdir, meta["host"].get("gepa_log_offset"))
-        log.info(
-            "resumed from %s at step %d (cycle %d)",
-            self.checkpointer.directory,
-            self.rs.step,
-            self.rs.cycle,
-        )
-        return self.rs.step
-
     def _save(self) -> None:
-        host = self.rs.to_json(self.writer.offset())
-        host["gepa_log_offset"] = self.gepa_log.offset()  # gepa_log.jsonl: cut back on resume
-        state = {"train": self.state, "rng": ckpt_lib.key_to_data(self.key)}
-        self.checkpointer.save(self.rs.step, state, {"host": host})
+        offsets = dict(metrics_offset=self.writer.offset(), gepa_log_offset=self.gepa_log.offset())
+        save_run(self.checkpointer, self.rs, self.state, self.key, **offsets)
 
     # ------------------------------------------------------------------ the loop
 
@@ -380,12 +295,8 @@ class Controller:
         )  # fmt: skip
         if self.reuse == "first_step":
             self.store = None  # later steps of the cycle sample everything
-        roll = r.train_inputs()
-        if distill:
-            roll["teacher"] = teacher_view(bank, r.ctx_slot, r.rows, r.sampled)
-        if self.ref_logps is not None:
-            roll["ref_logps"] = np.asarray(self.ref_logps(
-                self.start_params, roll["tokens"], roll["positions"], roll["completion_mask"]))  # fmt: skip
+        roll = rl.train_rollouts(r, teacher_bank=bank if distill else None,
+                                 ref_logps=self.ref_logps, ref_params=self.start_params)  # fmt: skip
         # The sampler's prepared copy of θ is stale once the update runs: free it (and the
         # memo's hold on θ) before the update's buffers are allocated rather than after.
         self.sampler.release_prepared()
@@ -396,15 +307,9 @@ class Controller:
             max_completion_len=c.sampling.max_new_tokens,  # token_sum_norm's budget
         )  # fmt: skip
         self.rs.step += 1
-        m = {f"train/{k}": v for k, v in rl.update_metrics(per_update).items()}
-        m.update(rl.rollout_metrics(r, len(contexts), reuse=self.reuse != "off"))
-        m.update({
-            "rollout/dropped_groups": stats["dropped_groups"],
-            "rollout/num_groups": stats["num_groups"],
-            "time/sample_s": r.sample_s,
-            "time/step_s": time.time() - t0,
-            "data/position": stream.position,
-        })  # fmt: skip
+        m = rl.step_metrics(r, per_update, stats, num_contexts=len(contexts),
+                            reuse=self.reuse != "off")  # fmt: skip
+        m.update({"time/step_s": time.time() - t0, "data/position": stream.position})
         self.writer.write(self.rs.step, m)
 
     def _evaluate(self, final: bool) -> dict[str, Any]:
@@ -432,16 +337,8 @@ class Controller:
             )  # fmt: skip
         if len(names) == 1:
             m = per_task[names[0]]
-        else:
-            m = {}
-            for name, tm in per_task.items():
-                m.update(evaluation.task_prefixed(tm, name))
-            k = c.eval.k
-            m.update(evaluation.stream_mean(per_task, [
-                f"val/mean@{k}", f"val/mean@{k}_no_context", evaluation.KL_KEY,
-                evaluation.KL_INIT_KEY, "val/kl_k1", "val/kl_k3",
-            ]))  # fmt: skip
-            m[f"val/mean@{k}_running_max"] = self.rs.running_max.update(m[f"val/mean@{k}"])
-            m["val/task"] = cycle_plan(c, max(self.rs.cycle - 1, 0))[0]  # the task being trained
+        else:  # a stream: every task's record, their mean, the task being trained
+            m = evaluation.stream_metrics(per_task, c.eval.k, self.rs.running_max)
+            m["val/task"] = cycle_plan(c, max(self.rs.cycle - 1, 0))[0]
         self.writer.write(self.rs.step, m)
         return m

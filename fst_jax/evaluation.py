@@ -262,6 +262,22 @@ def stream_mean(per_task: dict[str, dict[str, Any]], keys: Sequence[str]) -> dic
     return out
 
 
+def stream_metrics(
+    per_task: dict[str, dict[str, Any]], k: int, running_max: RunningMax
+) -> dict[str, Any]:
+    """A stream's evaluation record: each task's metrics under ``val/<task>/…``, the mean over
+    the tasks of the headline keys (mean@k with and without context, the KLs) under their plain
+    names, and the stream's running max of that mean (`running_max` is updated)."""
+    m: dict[str, Any] = {}
+    for name, tm in per_task.items():
+        m.update(task_prefixed(tm, name))
+    m.update(stream_mean(per_task, [
+        f"val/mean@{k}", f"val/mean@{k}_no_context", KL_KEY, KL_INIT_KEY, "val/kl_k1", "val/kl_k3",
+    ]))  # fmt: skip
+    m[f"val/mean@{k}_running_max"] = running_max.update(m[f"val/mean@{k}"])
+    return m
+
+
 def _contains_verbatim(text: str, answer: str) -> bool:
     """`answer` occurs in `text` not glued to a letter/digit on either side."""
     import re

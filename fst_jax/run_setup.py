@@ -5,7 +5,8 @@ config into objects, so the loop reads top to bottom: the config checks that fai
 device work (`validate_config`, `ConfigError`, `MODES`), the policy model (`load_model`, including
 ``random:<named config>[,field=value...]`` specs from `fst_jax.models.random_init`), the `local`
 reflection LM on the run's own sampler (`make_reflection_lm`, built by `fst_jax.chat`), and the
-progress bars (`progress`, `ProgressSampler`). The checks live in `fst_jax.config_checks`.
+progress bars (`progress`, `ProgressSampler`), and `build_parts`, which assembles all of them
+into the `RunParts` the controller's loop runs on. The checks live in `fst_jax.config_checks`.
 Nothing here holds run state; the controller owns the RNG keys and passes them in.
 """
 
@@ -19,11 +20,19 @@ import jax
 
 from fst_jax import gepa as gepa_lib
 from fst_jax import sampling
-from fst_jax import settings as _settings  # noqa: F401  (registers the "method" config check)
+from fst_jax import settings as _settings  # also registers the "method" config check
 from fst_jax.config_checks import MODES, config_check, task_names, validate_config
 from fst_jax.errors import ConfigError
 
-__all__ = ["MODES", "ConfigError", "config_check", "task_names", "validate_config"]
+__all__ = [
+    "MODES",
+    "ConfigError",
+    "RunParts",
+    "build_parts",
+    "config_check",
+    "task_names",
+    "validate_config",
+]
 
 
 def load_model(config: Any) -> tuple[Any, Any, Any]:
@@ -234,3 +243,82 @@ class ProgressSampler:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sampler, name)
+
+
+@dataclasses.dataclass
+class RunParts:
+    """Everything the FST loop runs on that a config determines: built once, never checkpointed
+    (a resumed run rebuilds the same parts from the same config)."""
+
+    mesh: Any
+    row_multiple: int  # rollout batches are split over this many batch shards
+    rows: Any  # the batch sharding every rollout batch is split by
+    tasks: dict[str, Any]  # name → RowShardedTask, every task of the run (a stream: several)
+    model_config: Any
+    tokenizer: Any
+    base_params: Any  # π_base: val/kl_to_base, quadrants, the local reflection LM (frozen)
+    start_params: Any  # the weights the run starts from (in-loss KL reference, mode gepa)
+    init_params: Any  # another run's weights for the plasticity probe, or None
+    train_step: Any
+    measure_kl: Any
+    ref_logps: Any  # reference log-probs fn for the in-loss KL penalty, or None
+    advantage_kwargs: dict[str, Any]
+    sampler: Any  # ProgressSampler(RowShardedSampler(Sampler))
+    sampling: Any  # SamplingParams of rollouts and evaluation
+    bank: Any  # the empty prompt bank the exported contexts go into
+    reflector: Any  # gepa.Reflector
+    gepa_config: Any
+    pad_id: int  # the sampler's pad token (tokenizer pad, else EOS): reused rows pad with it
+    T: int  # rl.steps_per_cycle
+    G: int  # rl.group_size
+    K: int  # gepa.k
+
+
+def build_parts(
+    c: Any,
+    *,
+    model: tuple[Any, Any, Any] | None = None,
+    reflection_lm: Any = None,
+    reflect_key_for: Callable[[list[list[dict[str, str]]]], jax.Array],
+) -> RunParts:
+    """The `RunParts` of config `c`, in the order that fails fastest: the mesh and the config
+    checks before any task or model is loaded. ``model`` (config, params, tokenizer) and
+    ``reflection_lm`` may be injected (tests); by default they come from ``model.spec`` and the
+    reflection-LM registry. ``reflect_key_for(conversations)`` keys the local reflection LM's
+    draws (the controller's, so a resumed run's restored key is used)."""
+    from fst_jax import sharding
+    from fst_jax.rows import RowShardedTask
+    from fst_jax.tasks import get_task
+
+    mesh = sharding.mesh_from_config(c)
+    row_multiple = sharding.batch_shard_count(mesh)
+    validate_config(c, row_multiple)
+    # Every rollout batch is split over the mesh's batch shards: each process samples,
+    # decodes and verifies only its rows; scores and arrays are gathered (issue 8).
+    rows = sharding.batch_sharding(mesh)
+    tasks = {n: RowShardedTask(get_task(n, **dict(c.task.kwargs)), rows) for n in task_names(c)}
+    model_config, params, tokenizer = model or load_model(c)
+    # Loss, advantage and GEPA settings come from the config (`fst_jax.settings`).
+    train_step, measure_kl, ref_logps, advantage_kwargs = make_trainer(c, model_config, mesh)
+    start_params, init_params = starting_params(c, params)
+    sampler, sp, bank = make_sampling(c, model_config, tokenizer, rows)
+    reflector = gepa_lib.Reflector(
+        reflection_lm or make_reflection_lm(
+            c.gepa, sampler=sampler, tokenizer=tokenizer, model_config=model_config,
+            params=params, key_for=reflect_key_for,
+        ),
+        edit_mode=c.gepa.edit, **reflector_kwargs(c.gepa),
+        lockstep=gepa_lib.jax_lockstep() if jax.process_count() > 1 else None,
+    )  # fmt: skip
+    t = tokenizer
+    pad_id = int(t.pad_token_id if t.pad_token_id is not None else t.eos_token_id)
+    if c.mode in ("gepa", "fst", "fst_distill") and jax.process_index() == 0:
+        warn_gepa_budget(c.gepa)
+    return RunParts(
+        mesh=mesh, row_multiple=row_multiple, rows=rows, tasks=tasks, model_config=model_config,
+        tokenizer=tokenizer, base_params=params, start_params=start_params,
+        init_params=init_params, train_step=train_step, measure_kl=measure_kl,
+        ref_logps=ref_logps, advantage_kwargs=advantage_kwargs, sampler=sampler, sampling=sp,
+        bank=bank, reflector=reflector, gepa_config=_settings.gepa_config(c.gepa), pad_id=pad_id,
+        T=c.rl.steps_per_cycle, G=c.rl.group_size, K=c.gepa.k,
+    )  # fmt: skip

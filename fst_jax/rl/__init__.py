@@ -4,7 +4,8 @@ advantages  group-relative advantages (registry: grpo, dr_grpo, rloo), flat-grou
             aggregation row weights
 batch       `RLBatch` (training layout + advantages + weights) and `make_batch`
 collect     one RL step's rollouts: problems × G rows over the exported contexts, sampled or
-            reused from GEPA's evaluations (`collect_rollouts`); its metrics
+            reused from GEPA's evaluations (`collect_rollouts`); the update's rollout dict
+            (`train_rollouts`); the step's metrics (`step_metrics`)
 reuse       the per-cycle store of GEPA's evaluation rollouts (rl.reuse_gepa_rollouts)
 losses      per-token losses (registry: cispo, grpo, dr_grpo, gspo, fst_distill, sft)
 kl          k1/k2/k3 estimators and the jitted `measure_kl` monitor
@@ -23,7 +24,14 @@ from fst_jax.rl.advantages import (
     row_weights,
 )
 from fst_jax.rl.batch import RLBatch, make_batch, validate_batch
-from fst_jax.rl.collect import StepRollouts, collect_rollouts, rollout_metrics, update_metrics
+from fst_jax.rl.collect import (
+    StepRollouts,
+    collect_rollouts,
+    rollout_metrics,
+    step_metrics,
+    train_rollouts,
+    update_metrics,
+)
 from fst_jax.rl.kl import kl_estimate, make_measure_kl
 from fst_jax.rl.logprobs import logps_from_hidden, token_logps
 from fst_jax.rl.losses import LossConfig, get_loss, list_losses, register_loss
@@ -69,7 +77,9 @@ __all__ = [
     "register_loss",
     "rollout_metrics",
     "row_weights",
+    "step_metrics",
     "token_logps",
+    "train_rollouts",
     "update_metrics",
     "update_on_rollouts",
     "validate_batch",

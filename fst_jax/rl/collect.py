@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from fst_jax.rl.distill import teacher_view
 from fst_jax.rl.reuse import RolloutStore, StoredRollout, layout_rows
 
 ARRAY_FIELDS = ("tokens", "positions", "completion_mask", "logps")
@@ -150,6 +151,48 @@ def collect_rollouts(
         completion_lengths=lengths, finished=finished, reused=reused, sampled=out,
         sample_s=time.time() - t0,
     )  # fmt: skip
+
+
+def train_rollouts(
+    r: StepRollouts,
+    *,
+    teacher_bank: Any = None,
+    ref_logps: Any = None,
+    ref_params: Any = None,
+) -> dict[str, Any]:
+    """`rl.update_on_rollouts`' rollout dict for the batch `r`: its training arrays, plus for
+    ``fst_distill`` (`teacher_bank`: the step's prompt bank) the teacher view of every row under
+    its context, and for the in-loss KL penalty (`ref_logps`, a ``make_logps_fn`` function) the
+    reference log-probs of the sampled tokens under `ref_params`."""
+    roll = r.train_inputs()
+    if teacher_bank is not None:
+        roll["teacher"] = teacher_view(teacher_bank, r.ctx_slot, r.rows, r.sampled)
+    if ref_logps is not None:
+        roll["ref_logps"] = np.asarray(
+            ref_logps(ref_params, roll["tokens"], roll["positions"], roll["completion_mask"])
+        )
+    return roll
+
+
+def step_metrics(
+    r: StepRollouts,
+    per_update: Sequence[dict[str, float]],
+    stats: dict[str, Any],
+    *,
+    num_contexts: int,
+    reuse: bool,
+) -> dict[str, Any]:
+    """One RL step's record but for its wall time and data position: ``train/*`` from the
+    updates (`update_metrics`), the rollout metrics (`rollout_metrics`), the groups the
+    advantage dropped (`stats` of `update_on_rollouts`) and the sampling time."""
+    m: dict[str, Any] = {f"train/{k}": v for k, v in update_metrics(per_update).items()}
+    m.update(rollout_metrics(r, num_contexts, reuse=reuse))
+    m.update({
+        "rollout/dropped_groups": stats["dropped_groups"],
+        "rollout/num_groups": stats["num_groups"],
+        "time/sample_s": r.sample_s,
+    })  # fmt: skip
+    return m
 
 
 def rollout_metrics(r: StepRollouts, num_contexts: int, reuse: bool) -> dict[str, Any]:
