@@ -6,7 +6,8 @@ its minibatch and then on the anchor set, the best prompt and the no-context row
 evaluation. `ContextCache` keeps each context's prefilled cache in a slot of a fixed-size device
 store (`engine.init_context_store`), keyed on the context's token ids, least recently used
 evicted first; a call reads its contexts from their slots (`engine.prefill_stored`), so only
-contexts not cached yet are prefilled (`engine.store_contexts`).
+contexts not cached yet are prefilled (`engine.store_contexts`); `ContextCache.stored_inputs`
+does that for one sampler call.
 
 Keys and values depend on the weights, so the cache belongs to one `PreparedParams` object
 (held weakly): a call with other params (a train update makes new ones) empties it first. The
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +29,7 @@ import jax
 import numpy as np
 
 from fst_jax.models.config import ModelConfig
-from fst_jax.sampling import engine
+from fst_jax.sampling import batching, engine
 
 
 @dataclasses.dataclass
@@ -126,3 +128,55 @@ class ContextCache:
     ) -> None:
         """The store arrays after `engine.store_contexts` (the old ones were donated)."""
         self._stores[(width, sharding)].arrays = arrays
+
+    def stored_inputs(
+        self,
+        prepared: Any,
+        config: ModelConfig,
+        bank: Any,
+        idx: np.ndarray,
+        fixed: tuple[Any, ...],
+        *,
+        sharding: jax.sharding.Sharding | None,
+        timings: dict[str, float] | None,
+        batch_buckets: Sequence[int],
+        prefix_buckets: Sequence[int],
+        pad_id: int,
+    ) -> tuple[Any, ...] | None:
+        """`engine.prefill_stored`'s inputs for one sampler call (bank rows `idx`, `fixed` as
+        made by `batching.shared_inputs`): the store and each context's slot, after prefilling
+        the contexts the store lacks under `prepared` (a `PreparedParams` for engine `config`);
+        None when the call has more distinct contexts than slots. `timings` gets
+        context_store_s (the prefill of the new contexts)."""
+        ctx_ids = np.unique(idx)
+        lens = bank.lengths_host[ctx_ids]
+        table = bank.host_table()
+        keys = [table[c, :n].tobytes() for c, n in zip(ctx_ids, lens)]
+        width = table.shape[1]
+        rep = None  # sharded calls: the store is replicated over the mesh, like the bank
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        got = self.assign(prepared, config, width, keys, rep)
+        if got is None:
+            return None
+        store, slots, missing = got
+        if missing:
+            args = batching.context_fill_inputs(
+                table, ctx_ids, lens, missing, slots, store_slots=self.slots,
+                batch_buckets=batch_buckets, prefix_buckets=prefix_buckets, pad_id=pad_id,
+            )  # fmt: skip
+            if rep is not None:
+                args = tuple(batching.replicated(x, rep) for x in args)
+            t0 = time.perf_counter()
+            try:
+                store = engine.store_contexts(config, prepared.params, store, *args)
+                if timings is not None:
+                    jax.block_until_ready(store)
+                    timings["context_store_s"] = time.perf_counter() - t0
+            except BaseException:
+                self.clear()  # the keys were assigned but not filled (and the store donated)
+                raise
+            self.update(width, store, rep)
+        ctx_slots = np.full((fixed[0].shape[0],), slots[0], np.int32)  # bucket padding
+        ctx_slots[: len(slots)] = slots
+        return (store, ctx_slots, *fixed)

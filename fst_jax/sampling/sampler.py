@@ -10,56 +10,52 @@ same call decoded in chunks of steps (`fst_jax.sampling.stream`), for token stre
 
 `generate_chat(config, params, tokenizer, conversations, sampling, key)` renders whole chat
 conversations with the tokenizer's template and samples replies (reflection LM, demos).
+
+The host-side batch assembly (buckets, input checks, context/pair dedup) is in
+`fst_jax.sampling.batching`, the weight preparation (cast, kernel layout) in
+`fst_jax.sampling.weights`; the names they took from here are re-exported.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from fst_jax.models import decoder
 from fst_jax.models.config import ModelConfig
 from fst_jax.rows import row_blocks, rows_of
-from fst_jax.sampling import engine
+from fst_jax.sampling import batching, engine
+
+# Re-exported: names this module held before batching.py and weights.py were split off.
+from fst_jax.sampling.batching import (
+    DEFAULT_BATCH_BUCKETS,
+    DEFAULT_PREFIX_BUCKETS,
+    DEFAULT_TASK_BUCKETS,
+    TaskTokens,
+)
+from fst_jax.sampling.batching import batch_bucket as _batch_bucket
+from fst_jax.sampling.batching import bucket as _bucket  # noqa: F401
+from fst_jax.sampling.batching import replicated as _replicated
 from fst_jax.sampling.context_cache import ContextCache
 from fst_jax.sampling.prompt_bank import PromptBank, raw_bank, tokenizer_fingerprint
 from fst_jax.sampling.select import SamplingParams
 from fst_jax.sampling.stream import SampleStream, check_chunk
+from fst_jax.sampling.weights import (  # noqa: F401
+    PreparedParams,
+    _cast_tree,
+    _to_layout,
+    cast_params_for_sampling,
+    default_kernel_layout,
+    prepare_weights,
+)
 
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-DEFAULT_TASK_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-DEFAULT_PREFIX_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 # Contexts kept across calls: an RL step's K contexts + the no-context row, a GEPA candidate
 # between its minibatch and anchor evaluations, the evaluation's best prompt.
 DEFAULT_CONTEXT_SLOTS = 16
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class PreparedParams:
-    """Weights as the engine reads them (cast, re-laid out), made once per parameter version.
-
-    `Sampler.prepare_params` returns one; `Sampler.sample` accepts it in place of raw params and
-    then skips the preparation (~150 ms per call for SmolLM2 on CPU). `config` is the engine
-    config the weights are laid out for; a sampler with another engine config rejects them.
-    """
-
-    params: Any
-    config: ModelConfig
-
-
-class TaskTokens(NamedTuple):
-    """Task (user-turn) tokens padded to a bucket: tokens int32[B, Lt], lengths int32[B]."""
-
-    tokens: np.ndarray
-    lengths: np.ndarray
-    fingerprint: str  # tokenizer fingerprint the rows were encoded with
 
 
 @dataclasses.dataclass
@@ -94,62 +90,6 @@ class Rollouts:
             "completion_mask": self.completion_mask,
             "logps": self.logps,
         }
-
-
-def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    raise ValueError(
-        f"{what} of {n} exceeds the largest bucket {buckets[-1]}; pass larger buckets to Sampler"
-    )
-
-
-def _batch_bucket(n: int, buckets: Sequence[int]) -> int:
-    if n <= buckets[-1]:
-        return _bucket(n, buckets, "batch")
-    return -(-n // buckets[-1]) * buckets[-1]
-
-
-@jax.jit
-def _cast_tree(params: Any, dtype_probe: jax.Array) -> Any:
-    dt = dtype_probe.dtype
-    return jax.tree.map(
-        lambda x: x.astype(dt) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) else x,
-        params,
-    )
-
-
-def cast_params_for_sampling(config: ModelConfig, params: Any) -> Any:
-    """Matrices → `config.dtype` once per call (bf16 decode reads half the bytes per step);
-    norms and biases stay in their own dtype. A no-op when they already match."""
-    dt = jnp.dtype(config.dtype)
-    leaves = jax.tree.leaves(params)
-    if all(x.dtype == dt for x in leaves if x.ndim >= 2):
-        return params
-    return _cast_tree(params, jnp.zeros((), dt))
-
-
-@functools.partial(jax.jit, static_argnames=("config", "layout"))
-def _to_layout(config: ModelConfig, params: Any, layout: str) -> Any:
-    return decoder.to_kernel_layout(config, params, layout)[1]
-
-
-def _replicated(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
-    """A host array (the same on every process) replicated over `sharding`'s devices."""
-    if isinstance(x, dict) or (isinstance(x, jax.Array) and jax.process_count() == 1):
-        return x  # a dict: the context store, already laid out over the mesh
-    x = np.asarray(x)
-    if isinstance(sharding, jax.sharding.NamedSharding):
-        rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-        return jax.make_array_from_process_local_data(rep, x, x.shape)
-    return jnp.asarray(x)
-
-
-def default_kernel_layout() -> str:
-    """ "out_in" on CPU (XLA:CPU's small-batch matmuls run ~1.8x faster on [out, in] kernels),
-    "in_out" elsewhere (TPU/GPU lay out dot operands themselves: no copy of the weights)."""
-    return "out_in" if jax.default_backend() == "cpu" else "in_out"
 
 
 class Sampler:
@@ -230,12 +170,7 @@ class Sampler:
         if same and all(a is b for a, b in zip(memo[0], leaves)):
             return memo[1]
         self._prepared = None  # drop the old version before making the new one
-        out = params
-        if self.cast_params:
-            out = cast_params_for_sampling(self.config, out)
-        if self.engine_config.kernel_layout != self.config.kernel_layout:
-            out = _to_layout(self.config, out, self.engine_config.kernel_layout)
-        prepared = PreparedParams(out, self.engine_config)
+        prepared = prepare_weights(self.config, self.engine_config, params, cast=self.cast_params)
         self._prepared = (leaves, prepared)
         return prepared
 
@@ -256,17 +191,7 @@ class Sampler:
 
     def pad_tasks(self, rows: Sequence[Sequence[int]]) -> TaskTokens:
         """Already-tokenised rows → TaskTokens padded to the task bucket."""
-        if not rows:
-            raise ValueError("Empty batch: pass at least one task")
-        longest = max(len(r) for r in rows)
-        if min(len(r) for r in rows) == 0:
-            raise ValueError("A task has zero tokens; every row needs a non-empty task")
-        lt = _bucket(longest, self.task_buckets, "Task length (tokens)")
-        tokens = np.full((len(rows), lt), self._pad_id(), np.int32)
-        for i, r in enumerate(rows):
-            tokens[i, : len(r)] = r
-        lengths = np.asarray([len(r) for r in rows], np.int32)
-        return TaskTokens(tokens, lengths, self.fingerprint)
+        return batching.pad_task_rows(rows, self.task_buckets, self._pad_id(), self.fingerprint)
 
     def _pad_id(self) -> int:
         t = self.tokenizer
@@ -360,33 +285,10 @@ class Sampler:
         self._check_bank(bank)
         if not isinstance(tasks, TaskTokens):
             tasks = self.encode_tasks(bank, tasks)
-        if tasks.fingerprint != self.fingerprint:
-            raise ValueError(
-                "Task tokens were encoded with a different tokenizer; re-encode them with "
-                "sampler.encode_tasks(bank, texts)"
-            )
-        idx = bank.validate_indices(prompt_idx)
-        n = tasks.tokens.shape[0]
-        if idx.shape[0] != n or tasks.lengths.shape != (n,):
-            raise ValueError(
-                f"Inconsistent batch: {idx.shape[0]} prompt indices, {n} task rows, "
-                f"{tasks.lengths.shape} task lengths; pass one index and one task per row"
-            )
-        if (tasks.lengths < 1).any() or (tasks.lengths > tasks.tokens.shape[1]).any():
-            raise ValueError(
-                f"Task lengths must be in [1, {tasks.tokens.shape[1]}]; got {tasks.lengths}"
-            )
-        rid = np.arange(n, dtype=np.int32) if row_ids is None else np.asarray(row_ids)
-        if rid.shape != (n,) or not np.issubdtype(rid.dtype, np.integer):
-            raise ValueError(f"row_ids must be int[{n}], got shape {rid.shape} {rid.dtype}")
-        total = bank.max_len + tasks.tokens.shape[1] + bank.suffix.shape[0]
-        if total + sampling.max_new_tokens > self.config.max_position_embeddings:
-            raise ValueError(
-                f"Prompt bucket {total} + max_new_tokens {sampling.max_new_tokens} exceeds the "
-                f"model's max_position_embeddings={self.config.max_position_embeddings}; use "
-                "shorter buckets / bank max_len or fewer new tokens"
-            )
-
+        idx, rid, n = batching.check_call(
+            bank, prompt_idx, tasks, row_ids, sampling, fingerprint=self.fingerprint,
+            max_positions=self.config.max_position_embeddings,
+        )  # fmt: skip
         if self.prefix_cache:
             fixed, row_pair = self._shared_inputs(bank, idx, tasks)
             fn, rows, fills = engine.prefill_shared, (row_pair,), (0,)
@@ -399,22 +301,14 @@ class Sampler:
             fixed = (bank.table, bank.lengths, bank.suffix, bank.suffix_length)
             fn = engine.prefill
             rows, fills = (idx, tasks.tokens, tasks.lengths), (bank.no_context, 0, 1)
-        return params, fn, fixed, (*rows, rid.astype(np.int32)), fills, n
+        return params, fn, fixed, (*rows, rid), fills, n
 
     def _padded(
         self, fixed: tuple[Any, ...], rows: tuple[np.ndarray, ...], fills: tuple[Any, ...]
     ) -> list[Any]:
         """`_prepare`'s inputs as device arguments, rows padded to the batch bucket (padding
         rows get row ids -1, -2, ...)."""
-        n = rows[0].shape[0]
-        pad = _batch_bucket(n, self.batch_buckets) - n
-        padded = [
-            np.concatenate([x, np.full((pad, *x.shape[1:]), f, x.dtype)])
-            for x, f in zip(rows[:-1], fills)
-        ]
-        padded.append(np.concatenate([rows[-1], -1 - np.arange(pad, dtype=np.int32)]))
-        fixed = tuple(jnp.asarray(x) if isinstance(x, np.ndarray) else x for x in fixed)
-        return [*fixed, *(jnp.asarray(x) for x in padded)]
+        return batching.padded_args(fixed, rows, fills, self.batch_buckets)
 
     def _host_rollouts(self, out: dict[str, jax.Array], n: int) -> Rollouts:
         """The first n rows of a layout dict (the rest is bucket padding) as `Rollouts`."""
@@ -429,38 +323,10 @@ class Sampler:
         """Host dedup for `engine.prefill_shared`: the distinct contexts in use (cut to a bucket
         of their real length) and the distinct (context, task) pairs; returns the replicated
         inputs (contexts, suffix, pairs) and each row's pair index."""
-        ctx_ids, row_ctx = np.unique(idx, return_inverse=True)
-        row_ctx = row_ctx.reshape(-1)
-        pairs: dict[tuple[int, bytes], int] = {}
-        row_pair = np.empty(idx.shape[0], np.int32)
-        first: list[int] = []
-        for b in range(idx.shape[0]):
-            k = (int(row_ctx[b]), tasks.tokens[b, : tasks.lengths[b]].tobytes())
-            j = pairs.setdefault(k, len(first))
-            if j == len(first):
-                first.append(b)
-            row_pair[b] = j
-        c, u = len(ctx_ids), len(first)
-        cb, ub = (_batch_bucket(m, self.batch_buckets) for m in (c, u))
-        lens = bank.lengths_host[ctx_ids]
-        longest = max(int(lens.max()), 1)
-        lp = bank.max_len
-        if longest <= self.prefix_buckets[-1]:
-            lp = min(_bucket(longest, self.prefix_buckets, "Context length"), bank.max_len)
-        pad_id = self._pad_id()
-        ctx_tok = np.full((cb, lp), pad_id, np.int32)
-        ctx_tok[:c] = bank.host_table()[ctx_ids, :lp]
-        ctx_len = np.zeros((cb,), np.int32)
-        ctx_len[:c] = lens
-        sel = np.asarray(first)
-        pair_ctx = np.zeros((ub,), np.int32)
-        pair_ctx[:u] = row_ctx[sel]
-        pair_tok = np.full((ub, tasks.tokens.shape[1]), pad_id, np.int32)
-        pair_tok[:u] = tasks.tokens[sel]
-        pair_len = np.ones((ub,), np.int32)
-        pair_len[:u] = tasks.lengths[sel]
-        fixed = (ctx_tok, ctx_len, bank.suffix, bank.suffix_length, pair_ctx, pair_tok, pair_len)
-        return fixed, row_pair
+        return batching.shared_inputs(
+            bank, idx, tasks, batch_buckets=self.batch_buckets,
+            prefix_buckets=self.prefix_buckets, pad_id=self._pad_id(),
+        )  # fmt: skip
 
     def _stored(
         self,
@@ -475,49 +341,12 @@ class Sampler:
         prefilling the contexts the store lacks (`fixed` as made by `_shared_inputs`); None
         when the call has more distinct contexts than the cache has slots. `timings` gets
         context_store_s (the prefill of the new contexts; `_run` adds it to prefill_s)."""
-        cache = self.context_cache
-        assert cache is not None
-        ctx_ids = np.unique(idx)
-        lens = bank.lengths_host[ctx_ids]
-        table = bank.host_table()
-        keys = [table[c, :n].tobytes() for c, n in zip(ctx_ids, lens)]
-        width = table.shape[1]
-        rep = None  # sharded calls: the store is replicated over the mesh, like the bank
-        if isinstance(sharding, jax.sharding.NamedSharding):
-            rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-        got = cache.assign(prepared, self.engine_config, width, keys, rep)
-        if got is None:
-            return None
-        store, slots, missing = got
-        if missing:
-            m = len(missing)
-            mb = _batch_bucket(m, self.batch_buckets)
-            longest = max(int(lens[missing].max()), 1)
-            lm = width
-            if longest <= self.prefix_buckets[-1]:
-                lm = min(_bucket(longest, self.prefix_buckets, "Context length"), width)
-            tok = np.full((mb, lm), self._pad_id(), np.int32)
-            tok[:m] = table[ctx_ids[missing], :lm]
-            mlen = np.zeros((mb,), np.int32)
-            mlen[:m] = lens[missing]
-            dst = np.full((mb,), cache.slots, np.int32)  # padding rows: dropped
-            dst[:m] = slots[missing]
-            args = (tok, mlen, dst)
-            if rep is not None:
-                args = tuple(_replicated(x, rep) for x in args)
-            t0 = time.perf_counter()
-            try:
-                store = engine.store_contexts(self.engine_config, prepared.params, store, *args)
-                if timings is not None:
-                    jax.block_until_ready(store)
-                    timings["context_store_s"] = time.perf_counter() - t0
-            except BaseException:
-                cache.clear()  # the keys were assigned but not filled (and the store donated)
-                raise
-            cache.update(width, store, rep)
-        ctx_slots = np.full((fixed[0].shape[0],), slots[0], np.int32)  # bucket padding
-        ctx_slots[: len(slots)] = slots
-        return (store, ctx_slots, *fixed)
+        assert self.context_cache is not None
+        return self.context_cache.stored_inputs(
+            prepared, self.engine_config, bank, idx, fixed, sharding=sharding, timings=timings,
+            batch_buckets=self.batch_buckets, prefix_buckets=self.prefix_buckets,
+            pad_id=self._pad_id(),
+        )  # fmt: skip
 
     def _rollouts(
         self, out: dict[str, Any], gen: np.ndarray, gen_len: np.ndarray, **extra: Any
