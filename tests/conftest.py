@@ -1,5 +1,5 @@
-"""Test setup: 8 fake CPU devices for sharding tests, set before anything imports jax; a
-persistent XLA compile cache for the fast tier; and the tiny random model the sampler tests share
+"""Test setup: 8 fake CPU devices for sharding tests, set before anything imports jax; cheaper
+compiles and a persistent XLA compile cache for the fast tier; and the tiny random model the sampler tests share
 (built once per session: one init, not one a file)."""
 
 import os
@@ -15,14 +15,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """`-m "not slow"` (the everyday loop) keeps XLA executables on disk across runs: ~70 % of
-    the fast tier's time is XLA compiles of the same tiny models, and a warm run skips them. Only
-    there: every fast test passes on executables read back from the cache (measured), while slow
-    tests compare compilers' cost/memory analyses of executables (tests/test_aot.py), which the
-    cache has not been shown to keep. Jitted-function caches in memory, what the recompilation
-    tests count, are unchanged. FST_JAX_TEST_XLA_CACHE=0 turns it off, =<dir> moves it."""
+    """`-m "not slow"` (the everyday loop) compiles cheaper and keeps what it compiled.
+
+    ~70 % of the fast tier's time is XLA compiles of the same tiny models, most of it in
+    LLVM's machine-code optimisation, which tiny test shapes do not need:
+    - LLVM at -O0 (``--xla_backend_optimization_level=0``): the same HLO and XLA passes, about
+      half the compile CPU; results differ from -O3 by float rounding at most (every fast test
+      passes with its tolerances unchanged). FST_JAX_TEST_FAST_COMPILE=0 turns it off.
+    - A persistent XLA compile cache: a warm run skips the compiles. Every fast test passes on
+      executables read back from the cache (measured). Jitted-function caches in memory, what
+      the recompilation tests count, are unchanged. FST_JAX_TEST_XLA_CACHE=0 turns it off,
+      =<dir> moves it.
+    Only there: the full suite (`./dev.sh test`, `.ci/run`) compiles exactly as fst-train does,
+    and its slow tests compare compilers' cost/memory analyses (tests/test_aot.py), which
+    neither setting has been shown to keep."""
+    if "not slow" not in (config.option.markexpr or ""):
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    fast = os.environ.get("FST_JAX_TEST_FAST_COMPILE", "") != "0"
+    if fast and "xla_backend_optimization_level" not in flags:  # before jax starts a backend
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
     where = os.environ.get("FST_JAX_TEST_XLA_CACHE", "")
-    if "not slow" not in (config.option.markexpr or "") or where == "0":
+    if where == "0":
         return
     import jax
 
