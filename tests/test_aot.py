@@ -214,6 +214,7 @@ def _hlo(compiled) -> str:
 # The fast tier's XLA cache (conftest) also stores these compile-only TPU executables, which JAX
 # cannot read back without a TPU client: it warns and compiles again, so the checks still hold.
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache entry")
+@pytest.mark.slow  # AOT compiles (~9 s, the fast tier's second-largest test); the full suite runs it
 def test_tiny_step_prefill_decode_compile_for_tpu():
     """CI's TPU gate: the tiny config's CISPO step, prefill and decode compile with XLA:TPU for a
     v5p slice — a TPU-only lowering failure (Pallas kernel, sharding, dtype) fails here. Splash
