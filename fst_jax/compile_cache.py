@@ -70,7 +70,9 @@ def prepare(value: str | None, key: str = KEY) -> str:
         return path
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise ConfigError("the compile cache path is a file, not a directory", key, value, _fix(key))
+        raise ConfigError(
+            "the compile cache path is a file, not a directory", key, value, _fix(key)
+        )
     try:
         p.mkdir(parents=True, exist_ok=True)
         probe = p / f".fst_write_probe_{os.getpid()}"
@@ -78,7 +80,10 @@ def prepare(value: str | None, key: str = KEY) -> str:
         probe.unlink()
     except OSError as e:
         raise ConfigError(
-            f"cannot use the compile cache directory {path} ({e.strerror or e})", key, value, _fix(key)
+            f"cannot use the compile cache directory {path} ({e.strerror or e})",
+            key,
+            value,
+            _fix(key),
         ) from None
     return path
 
