@@ -20,7 +20,7 @@ def test_first_streamed_request_after_warmup_compiles_nothing():
         client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=120)
         for temperature in (0.7, 0.0):  # sampled and greedy: both warmed up
             pieces = client.chat.completions.create(
-                model=srv.app.names[0], messages=[{"role": "user", "content": "Hi there"}],
+                model=next(iter(srv.app.names)), messages=[{"role": "user", "content": "Hi there"}],
                 temperature=temperature, stream=True,
             )  # fmt: skip
             chunks = list(pieces)
