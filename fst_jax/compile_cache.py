@@ -13,14 +13,15 @@ this module turns that on for our entry points, under ``config.compile_cache_dir
 
 Every program is cached, however small or quick to compile (JAX's default skips programs that
 compiled in under a second, i.e. all of a tiny model's and many of SmolLM2's on CPU); the cache
-is bounded at `MAX_BYTES` with least-recently-used eviction unless
-``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise. A cached executable is the one XLA would
+is bounded at `MAX_BYTES` with least-recently-used eviction (JAX's, which locks with `filelock`,
+a dependency of huggingface_hub) unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise. A cached executable is the one XLA would
 compile (JAX keys it by the program, the compile options, the backend and the jax/jaxlib
 versions), so samples and updates do not change; only compilation time does.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -101,8 +102,10 @@ def enable(value: str | None, key: str = KEY) -> str:
     if path:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)  # no size floor
-        if jax.config.jax_compilation_cache_max_size == -1 and not os.environ.get(
-            "JAX_COMPILATION_CACHE_MAX_SIZE"
+        if (
+            jax.config.jax_compilation_cache_max_size == -1
+            and not os.environ.get("JAX_COMPILATION_CACHE_MAX_SIZE")
+            and importlib.util.find_spec("filelock") is not None  # JAX's LRU eviction needs it
         ):
             jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     if (before or "") != path:
