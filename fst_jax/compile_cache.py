@@ -14,9 +14,10 @@ this module turns that on for our entry points, under ``config.compile_cache_dir
 Every program is cached, however small or quick to compile (JAX's default skips programs that
 compiled in under a second, i.e. all of a tiny model's and many of SmolLM2's on CPU); the cache
 is bounded at `MAX_BYTES` with least-recently-used eviction (JAX's, which locks with `filelock`,
-a dependency of huggingface_hub) unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise. A cached executable is the one XLA would
-compile (JAX keys it by the program, the compile options, the backend and the jax/jaxlib
-versions), so samples and updates do not change; only compilation time does.
+a dependency of huggingface_hub) unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise. A
+cached executable is the one XLA would compile (JAX keys it by the program, the compile
+options, the backend and the jax/jaxlib versions), so samples and updates do not change; only
+compilation time does.
 """
 
 from __future__ import annotations
