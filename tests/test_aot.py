@@ -216,6 +216,8 @@ def test_errors_are_named():
         aot_plan._parse_mesh("1,2")
     with pytest.raises(SystemExit):
         aot.main(["--slices=cpu-8", "--mesh=1,4,1"])
+    with pytest.raises(SystemExit):
+        aot.main(["--slices=cpu-8", "--stream_chunk=-1"])
 
 
 # ------------------------------------------------------------------ the real TPU compiler (libtpu)
