@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One sitting: the old code (58c3b67) and today's with a cold, then a warm, compile cache, one
-# after the other, on the old default's work. Run under the machine's heavy-job lock:
+# One sitting: today's code with a cold, then a warm, compile cache and the old code (58c3b67),
+# one after the other, on the old default's work. Run under the machine's heavy-job lock:
 #   flock /tmp/fst_heavy.lock nice -n 0 bash experiments/results/main_job_vs_old/sitting.sh \
 #       <old checkout> <new checkout> <out dir> [deadline as 'HH:MM' UTC]
 # Each run is skipped if it could not finish before the deadline (estimates below). The new
@@ -42,10 +42,12 @@ one() {  # one <name> <est seconds> <checkout> <flags...>
     cp "/tmp/main_job_cmp_$name/metrics.jsonl" "$OUT/${name}_metrics.jsonl" 2>/dev/null
 }
 
+# Today's cold then warm cache first (the new comparison), then the old code, then extras; each
+# run only if it fits before the deadline (estimates from the last sitting's 262-280 s).
 rm -rf "$CACHE"
-one old 330 "$OLD" --config=experiments/configs/default.py
-one new_cold 330 "$NEW" --config="$HERE/old_default_work.py" --config.compile_cache_dir=$CACHE
+one new_cold 290 "$NEW" --config="$HERE/old_default_work.py" --config.compile_cache_dir=$CACHE
 du -sb "$CACHE" >"$OUT/cache_size.txt"
-one new_warm 270 "$NEW" --config="$HERE/old_default_work.py" --config.compile_cache_dir=$CACHE
-one new_warm2 270 "$NEW" --config="$HERE/old_default_work.py" --config.compile_cache_dir=$CACHE
-one new_nocache 330 "$NEW" --config="$HERE/old_default_work.py" --config.compile_cache_dir=
+one new_warm 240 "$NEW" --config="$HERE/old_default_work.py" --config.compile_cache_dir=$CACHE
+one old 300 "$OLD" --config=experiments/configs/default.py
+one new_warm2 240 "$NEW" --config="$HERE/old_default_work.py" --config.compile_cache_dir=$CACHE
+one new_nocache 290 "$NEW" --config="$HERE/old_default_work.py" --config.compile_cache_dir=
