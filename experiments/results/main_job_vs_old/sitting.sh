@@ -36,7 +36,7 @@ one() {  # one <name> <est seconds> <checkout> <flags...>
     echo "$(date -u +%T) start $name" | tee -a "$OUT/log.txt"
     (cd "$repo" && COMPILE_PROBE_OUT="$OUT/${name}_compile.json" PYTHONPATH=$repo \
         /usr/bin/time -v -o "$OUT/${name}_time.txt" python "$HERE/compile_probe.py" \
-        --workdir="/tmp/main_job_cmp_$name" --config.progress=False "$@" \
+        --workdir="/tmp/main_job_cmp_$name" "$@" --config.progress=False \
         >"$OUT/${name}_log.txt" 2>&1)
     echo "$(date -u +%T) end $name rc=$?" | tee -a "$OUT/log.txt"
     cp "/tmp/main_job_cmp_$name/metrics.jsonl" "$OUT/${name}_metrics.jsonl" 2>/dev/null
