@@ -40,7 +40,9 @@ def _mean_se(xs: list[float]) -> tuple[float, float]:
 def summarize(d: Path) -> dict:
     out = {}
     for name in RUNS:
-        if not (d / f"{name}_time.txt").exists():
+        if "Elapsed" not in (
+            (d / f"{name}_time.txt").read_text() if (d / f"{name}_time.txt").exists() else ""
+        ):
             continue
         r = _time_file(d / f"{name}_time.txt")
         rows = [json.loads(x) for x in (d / f"{name}_metrics.jsonl").read_text().splitlines() if x]
