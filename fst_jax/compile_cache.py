@@ -3,7 +3,8 @@
 A short run on a laptop spends about a quarter of its wall time compiling the same programs
 again (experiments/results/main_job_vs_old/): the sampler's prefill/decode buckets, the train
 step, the KL measure. JAX can keep compiled executables on disk and read them back in the next
-process (its persistent compilation cache); this module turns that on for our entry points, under ``config.compile_cache_dir``:
+process (its persistent compilation cache); this module turns that on for our entry points,
+under ``config.compile_cache_dir``:
 
 - ``"auto"`` (the default): ``$JAX_COMPILATION_CACHE_DIR`` if set (JAX's own variable), else
   ``$FST_JAX_CACHE/xla_compile_cache``, else ``$XDG_CACHE_HOME/fst_jax/xla_compile_cache``, else
