@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COMPILE_CACHE = Path.home() / ".cache" / "fst_jax" / "xla_compile_cache"
 # arm -> (kind, mode, reflection LM or None, extra flags)
 ARMS = {
     "rl": ("main", "rl", None, []),
@@ -145,11 +144,10 @@ def run_one(cmd: list[str], workdir: Path, log: Path) -> dict:
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        # One persistent XLA compilation cache for every run of the study: the arms share
-        # shapes, so only the first run of each shape pays its compilation.
-        env = dict(os.environ)
-        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(COMPILE_CACHE))
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        # Every run uses fst-train's persistent XLA compile cache (config.compile_cache_dir,
+        # fst_jax/compile_cache.py): the arms share shapes, so only the first run of each shape
+        # pays its compilation.
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     return {"rc": proc.returncode, "wall_s": round(time.monotonic() - t0, 1),

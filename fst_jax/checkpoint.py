@@ -53,6 +53,7 @@ RESUMABLE_KEYS = (
     "metrics",  # where metrics are mirrored (W&B) never changes what a run computes
     # the sampler's cross-call context KV cache: memory/speed only, same samples (its tests)
     "sampling.context_cache_slots",
+    "compile_cache_dir",  # where compiled programs are kept: time only, same programs
 )
 
 

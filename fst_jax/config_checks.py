@@ -369,6 +369,14 @@ def _workdir(c: Any, ctx: CheckContext) -> None:
                           "choose a directory you can write to") from None  # fmt: skip
 
 
+@config_check("compile_cache")
+def _compile_cache(c: Any, ctx: CheckContext) -> None:
+    """The compile cache directory can be created and written (``""`` = off)."""
+    from fst_jax import compile_cache
+
+    compile_cache.prepare(compile_cache.from_config(c))
+
+
 @config_check("reuse_gepa_rollouts")
 def _reuse(c: Any, ctx: CheckContext) -> None:
     """GEPA's rollouts can stand in for RL's only when both sample the same distribution (the

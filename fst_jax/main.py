@@ -8,7 +8,9 @@
 
 ``--config.x.y=value`` overrides any key (unknown keys fail with the nearest existing name);
 ``--workdir`` holds metrics.jsonl, TensorBoard events, checkpoints and the KL-vs-reward PNG.
-Re-running with the same workdir resumes from its latest checkpoint. On pods (or with
+Re-running with the same workdir resumes from its latest checkpoint. Compiled XLA programs are
+kept on disk (``--config.compile_cache_dir``, default ``auto`` = ~/.cache/fst_jax/xla_compile_cache;
+``""`` = off), so a re-run skips most compilation. On pods (or with
 ``--coordinator_address/--num_processes/--process_id``) ``jax.distributed`` is initialised first.
 
 Bad input (a config value, a missing model or data file, an unwritable workdir, a missing API key)
@@ -172,14 +174,19 @@ def main(argv: list[str]) -> None:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         _fail(f"cannot load the config file ({given}): {lines[-1] if lines else type(e).__name__}: "
               "check the path and run the file with python to see its error", e)  # fmt: skip
+    from fst_jax import compile_cache
+
     try:
         if config.mode == "sft":  # supervised warm start: its own loop and checks (fst_jax.sft)
             from fst_jax import sft
 
+            compile_cache.enable(compile_cache.from_config(config))
             summary, fmt = sft.run(config, _WORKDIR.value), sft.format_summary
         else:
             # Every name, range, file and path first: seconds, before any weights load.
             controller.validate_config(config, workdir=_WORKDIR.value)
+            # Before the first compile: later runs read the executables back from disk.
+            compile_cache.enable(compile_cache.from_config(config))
             ctl = controller.Controller(config, _WORKDIR.value)
             summary, fmt = ctl.run(), controller.format_summary
     except UserError as e:

@@ -5,6 +5,7 @@ Oracles: per-device argument bytes must equal the shard sizes implied by the inp
 replicated layout, and more micro-batches must shrink the train step's temporaries.
 """
 
+import dataclasses
 import importlib
 import math
 
@@ -107,6 +108,28 @@ def test_sampler_accounting(fsdp_run):
 
 
 @pytest.mark.slow  # AOT compiles
+def test_streaming_decode_chunk_is_planned(fsdp_run):
+    """With `stream_chunk` the plan also compiles `engine.decode_chunk` (what fst-serve runs) on
+    prefill's output state: its state is donated like decode's, it holds the same KV cache, and
+    sampling's peak counts whichever of the two decodes is larger."""
+    w = dataclasses.replace(W, stream_chunk=4)
+    point = aot.Point(1, 8, 1, "layer", 1)
+    r = aot.evaluate_sampler(MODEL, point, w, fsdp_run["train_state"], param_dtype="float32",
+                             dtype="float32")  # fmt: skip
+    chunk, dec = r["decode_chunk"], fsdp_run["decode"]
+    assert chunk["aliased"] > 0 and chunk["aliased"] == dec["aliased"]  # the same donated state
+    assert chunk["arguments"] == dec["arguments"]  # same params + state in
+    assert chunk["outputs"] > dec["outputs"]  # + the packed [rows, window + 4] int32 info
+    decode = max(dec["total"], chunk["total"])
+    assert r["sample_total"] == fsdp_run["train_state"] + max(
+        r["prefill"]["total"], decode + r["context_store"]
+    )
+    assert "decode_chunk" not in fsdp_run  # stream_chunk=0: not compiled
+    with pytest.raises(ValueError, match="stream chunk=0"):
+        aot.compile_decode_chunk(get_config(MODEL), None, W, W.rows, 0)
+
+
+@pytest.mark.slow  # AOT compiles
 def test_plan_subprocess_and_table():
     """The CI command: a fresh 8-device subprocess, a candidate, table + recommendation."""
     res = aot.plan(
@@ -193,6 +216,8 @@ def test_errors_are_named():
         aot_plan._parse_mesh("1,2")
     with pytest.raises(SystemExit):
         aot.main(["--slices=cpu-8", "--mesh=1,4,1"])
+    with pytest.raises(SystemExit):
+        aot.main(["--slices=cpu-8", "--stream_chunk=-1"])
 
 
 # ------------------------------------------------------------------ the real TPU compiler (libtpu)
@@ -232,7 +257,9 @@ def test_tiny_step_prefill_decode_compile_for_tpu():
     step, state_bytes, args = aot.compile_train_step(cfg, mesh, W, point.microbatches)
     pre, dec, pbytes = aot.compile_sampler(cfg, mesh, W, W.rows)
     fill = aot.compile_context_store(cfg, mesh, W, W.rows)
+    stream = aot.compile_decode_chunk(cfg, mesh, W, W.rows, 4, pre)  # fst-serve's streaming
     assert "prefill_stored" in _hlo(pre)  # what Sampler.sample runs, contexts from the store
+    assert "decode_chunk" in _hlo(stream)
     # HBM accounting: arguments hold at least the per-chip shards of the inputs (TPU layouts pad
     # the minor dimensions to (8, 128) tiles, so tiny arrays take more), and the donated train
     # state is aliased into the new state.
@@ -248,13 +275,14 @@ def test_tiny_step_prefill_decode_compile_for_tpu():
         stats["arguments"] + stats["outputs"] - stats["aliased"] + stats["temps"] + stats["code"]
     )
     assert aot.memory_stats(dec)["aliased"] > 0  # the decode state (KV cache) is donated
+    assert aot.memory_stats(stream)["aliased"] > 0  # ... and so is decode_chunk's
     assert aot.memory_stats(fill)["aliased"] > 0  # the context store is filled in place
     assert pbytes < state_bytes  # bf16 sampler weights vs f32 params + AdamW
-    for c in (step, pre, dec, fill):
+    for c in (step, pre, dec, fill, stream):
         cost = aot.cost_stats(c)
         assert cost["flops"] > 0 and cost["bytes accessed"] > 0
     assert all("tpu_custom_call" in _hlo(c) for c in (step, pre, fill))
-    assert "tpu_custom_call" not in _hlo(dec)
+    assert "tpu_custom_call" not in _hlo(dec) and "tpu_custom_call" not in _hlo(stream)
 
 
 @pytest.mark.slow

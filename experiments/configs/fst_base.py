@@ -19,6 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from_step = -1  # -1 = latest step of init_from
     c.progress = True  # tqdm bars for sampling, GEPA rounds and the run
     c.summary = True  # one-screen summary + KL-vs-reward PNG at the end
+    # Persistent XLA compile cache (fst_jax/compile_cache.py): a re-run skips compiling the same
+    # programs. auto = $JAX_COMPILATION_CACHE_DIR, else $FST_JAX_CACHE/xla_compile_cache, else
+    # $XDG_CACHE_HOME (default ~/.cache)/fst_jax/xla_compile_cache; a path; "" = off.
+    c.compile_cache_dir = "auto"
 
     c.model = ml_collections.ConfigDict()
     c.model.spec = (

@@ -2,7 +2,8 @@
 
 Lowers and compiles the real jitted functions — the CISPO update from `fst_jax.rl.make_train_step`
 and the sampler's `prefill_stored` (contexts read from the context store) / `store_contexts` /
-`decode` from `fst_jax.sampling.engine` — for a named model config from abstract inputs
+`decode` (and, with ``--stream_chunk``, the streaming `decode_chunk` fst-serve runs) from
+`fst_jax.sampling.engine` — for a named model config from abstract inputs
 (`jax.ShapeDtypeStruct` with shardings: no weights are allocated), with the real TPU compiler on
 a TPU topology described by libtpu (`fst_jax.aot.tpu`; no TPU needed), and
 reads per-chip HBM from `compiled.memory_analysis()` (arguments, outputs, temporaries, generated
@@ -39,6 +40,7 @@ from fst_jax.aot.core import (
     Workload,
     budget_bytes,
     compile_context_store,
+    compile_decode_chunk,
     compile_sampler,
     compile_train_step,
     context_store_bytes,
@@ -73,6 +75,7 @@ __all__ = [
     "Workload",
     "budget_bytes",
     "compile_context_store",
+    "compile_decode_chunk",
     "compile_sampler",
     "compile_train_step",
     "context_store_bytes",

@@ -86,6 +86,9 @@ class Workload:
     response_len: int = 8192  # max_new_tokens
     bank_prompts: int = 8  # population slots in the prompt bank (P)
     bank_len: int = 512  # bank row length (Lp); the task bucket is the rest of prompt_len
+    # decode steps per streamed call (`engine.decode_chunk`, fst-serve's --stream_chunk);
+    # 0 = the plan compiles the RL sampler's whole-reply `decode` only
+    stream_chunk: int = 0
 
     @property
     def rows(self) -> int:
@@ -261,9 +264,49 @@ def compile_sampler(
     once on top and broadcast to its rows' KV cache of prompt + response length
     (`engine.prefill_shared` instead when the bank has more rows than the store has slots).
     Returns (prefill, decode, per-device sampler-param bytes); `compile_context_store` compiles
-    the store's fill.
+    the store's fill, `compile_decode_chunk` the streaming decode.
     """
-    import jax
+    fn, static, params, pre_args = _prefill_program(model_config, mesh, workload, rows)
+    with jax.set_mesh(mesh):
+        pre = fn.lower(*static, *pre_args).compile()
+        state = _decode_state(fn, static, pre_args, pre)
+        if one_step:
+            dec = _one_decode_step.lower(*static, params, state).compile()
+        else:
+            from fst_jax.sampling import engine
+
+            dec = engine.decode.lower(*static, params, state).compile()
+    return pre, dec, _device_bytes(params)
+
+
+def compile_decode_chunk(
+    model_config: Any, mesh: Any, workload: Workload, rows: int, chunk: int, prefill: Any = None
+):
+    """Lower + compile `engine.decode_chunk` (streaming: `Sampler.sample_stream`, fst-serve) for
+    `chunk` steps per call on the decode state of `compile_sampler`'s prefill (pass its compiled
+    `prefill` to reuse it; else it is compiled here). Same loop body and donated state as
+    `decode`, plus the small packed window the host reads per chunk."""
+    from fst_jax.sampling import engine
+
+    if chunk < 1:
+        raise ValueError(f"stream chunk={chunk}: decode steps per call must be >= 1")
+    fn, static, params, pre_args = _prefill_program(model_config, mesh, workload, rows)
+    with jax.set_mesh(mesh):
+        if prefill is None:
+            prefill = fn.lower(*static, *pre_args).compile()
+        state = _decode_state(fn, static, pre_args, prefill)
+        return engine.decode_chunk.lower(*static, chunk, params, state).compile()
+
+
+def _decode_state(fn: Any, static: tuple[Any, ...], pre_args: tuple[Any, ...], pre: Any) -> Any:
+    """Decode's input: prefill's output state, with the shardings the compiled prefill produced."""
+    state_shapes = jax.eval_shape(lambda *xs: fn(*static, *xs), *pre_args)
+    return _abstract(state_shapes, pre.output_shardings)
+
+
+def _prefill_program(model_config: Any, mesh: Any, workload: Workload, rows: int):
+    """(jitted prefill, its static arguments, abstract sampler params, abstract arguments) of one
+    sampler call of `rows` rows (see `compile_sampler`)."""
     import jax.numpy as jnp
 
     from fst_jax import sharding
@@ -298,14 +341,7 @@ def compile_sampler(
         fn = engine.prefill_stored
         pre_args = (params, _store_shapes(model_config, mesh, w), a((contexts,), jnp.int32),
                     *shared_args)  # fmt: skip
-    with jax.set_mesh(mesh):
-        pre = fn.lower(*static, *pre_args).compile()
-        # Decode takes prefill's output state, with the shardings prefill produced.
-        state_shapes = jax.eval_shape(lambda *xs: fn(*static, *xs), *pre_args)
-        state = _abstract(state_shapes, pre.output_shardings)
-        decode_fn = engine.decode if not one_step else _one_decode_step
-        dec = decode_fn.lower(*static, params, state).compile()
-    return pre, dec, _device_bytes(params)
+    return fn, static, params, pre_args
 
 
 def _sampler_params(model_config: Any, mesh: Any) -> Any:
@@ -449,8 +485,9 @@ def evaluate_sampler(
     dtype: str,
     target: str | None = None,
 ) -> dict[str, Any]:
-    """Compile prefill + decode for rows / sample_chunks rows; the train state stays resident,
-    and so does the context store (an argument of prefill, held through decode)."""
+    """Compile prefill + decode (+ `decode_chunk` when the workload streams) for
+    rows / sample_chunks rows; the train state stays resident, and so does the context store (an
+    argument of prefill, held through decode)."""
     _check_split(workload.rows, point.sample_chunks, point.batch_shards, "sampler calls")
     mesh = _mesh_for(point, target)
     t0 = time.perf_counter()
@@ -463,9 +500,14 @@ def evaluate_sampler(
         "decode": memory_stats(dec),
         "sampler_params": pbytes,
         "context_store": store,
-        "sampler_compile_s": round(time.perf_counter() - t0, 1),
     }
-    res["sample_total"] = state_bytes + max(res["prefill"]["total"], res["decode"]["total"] + store)
+    decode_total = res["decode"]["total"]
+    if workload.stream_chunk:  # streamed calls run decode_chunk instead of decode
+        stream = compile_decode_chunk(cfg, mesh, workload, rows, workload.stream_chunk, pre)
+        res["decode_chunk"] = memory_stats(stream)
+        decode_total = max(decode_total, res["decode_chunk"]["total"])
+    res["sampler_compile_s"] = round(time.perf_counter() - t0, 1)
+    res["sample_total"] = state_bytes + max(res["prefill"]["total"], decode_total + store)
     return res
 
 

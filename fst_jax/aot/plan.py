@@ -362,6 +362,8 @@ def _short(r: dict[str, Any]) -> str:
             f"; prefill {_gib(r['prefill']['total'])}, decode {_gib(r['decode']['total'])}, "
             f"sampling + train state {_gib(r['sample_total'])} GiB"
         )
+        if "decode_chunk" in r:
+            s += f" (streaming decode_chunk {_gib(r['decode_chunk']['total'])})"
     return s + f"; fits={r.get('fits')}"
 
 
@@ -480,6 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bank_len", type=int, default=512)
     ap.add_argument("--bank_prompts", type=int, default=8)
     ap.add_argument(
+        "--stream_chunk",
+        type=int,
+        default=0,
+        help="also compile streaming decode (engine.decode_chunk, what fst-serve runs) for this "
+        "many decode steps per call (fst-serve's default: 16); 0 = RL's whole-reply decode only",
+    )
+    ap.add_argument(
         "--mesh",
         action="append",
         default=[],
@@ -501,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--worker_spec", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.stream_chunk < 0:
+        ap.error(f"--stream_chunk={args.stream_chunk}: decode steps per call, >= 1 (0 = off)")
     if args.worker_spec:
         _worker(json.loads(args.worker_spec))
         return 0
@@ -535,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.response_len,
         args.bank_prompts,
         args.bank_len,
+        args.stream_chunk,
     )
     t0 = time.perf_counter()
     results = plan(

@@ -350,6 +350,9 @@ def main(argv: list[str]) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
+        from fst_jax import compile_cache
+
+        compile_cache.enable(f.compile_cache_dir, key="--compile_cache_dir")  # before warmup
         if f.workdir:
             model = load_run(f.workdir, None if f.step < 0 else f.step, name=f.name)
         else:
@@ -400,6 +403,11 @@ def run() -> None:
     flags.DEFINE_integer("max_n", 16, "Largest n (choices) one request may ask for.")
     flags.DEFINE_integer("default_max_tokens", 512, "max_tokens when a request sends none.")
     flags.DEFINE_boolean("warmup", True, "Compile the batch buckets before serving.")
+    flags.DEFINE_string(
+        "compile_cache_dir", "auto",
+        "Persistent XLA compile cache: a restart reads warmed-up programs back from disk "
+        "(auto = ~/.cache/fst_jax/xla_compile_cache, see fst_jax/compile_cache.py; '' = off).",
+    )  # fmt: skip
     app.run(main)
 
 
