@@ -28,7 +28,6 @@ INSTALL_REQUIRES = [
     "scipy>=1.17",
     "tqdm>=4.70",
     "aiohttp>=3.14",  # fst-serve
-    "filelock>=3.12",  # the compile cache's LRU bound (JAX locks its cache with it)
 ]
 
 TEST_REQUIRES = [

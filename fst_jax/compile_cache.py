@@ -13,9 +13,11 @@ under ``config.compile_cache_dir``:
 - ``""``: off (every process compiles from scratch).
 
 Every program is cached, however small or quick to compile (JAX's default skips programs that
-compiled in under a second, i.e. all of a tiny model's and many of SmolLM2's on CPU); the cache
-is bounded at `MAX_BYTES` with least-recently-used eviction (JAX's, which locks with `filelock`,
-a dependency of huggingface_hub) unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise. A
+compiled in under a second, i.e. all of a tiny model's and many of SmolLM2's on CPU). The cache
+is unbounded, as JAX's is by default (the SmolLM2 main job writes ~10 MB; delete the directory
+to reclaim it). ``JAX_COMPILATION_CACHE_MAX_SIZE`` turns on JAX's least-recently-used bound, but
+only on a directory always used with it: JAX's eviction fails (a warning on every write, the
+entry not written) on entries written without it, e.g. by an earlier unbounded run. A
 cached executable is the one XLA would compile (JAX keys it by the program, the compile
 options, the backend and the jax/jaxlib versions), so samples and updates do not change; only
 compilation time does.
@@ -23,7 +25,6 @@ compilation time does.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -32,7 +33,6 @@ from fst_jax.errors import ConfigError
 KEY = "compile_cache_dir"
 AUTO = "auto"
 SUBDIR = "xla_compile_cache"
-MAX_BYTES = 4 << 30  # LRU-evicted past 4 GiB (a SmolLM2 main job writes ~0.1-0.3 GiB)
 
 
 def _fix(key: str) -> str:
@@ -104,12 +104,6 @@ def enable(value: str | None, key: str = KEY) -> str:
     if path:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)  # no size floor
-        if (
-            jax.config.jax_compilation_cache_max_size == -1
-            and not os.environ.get("JAX_COMPILATION_CACHE_MAX_SIZE")
-            and importlib.util.find_spec("filelock") is not None  # JAX's LRU eviction needs it
-        ):
-            jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     if (before or "") != path:
         jax_cc.reset_cache()  # a cache opened by an earlier compile must not keep serving
     return path

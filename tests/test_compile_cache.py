@@ -156,6 +156,32 @@ def test_empty_string_turns_the_cache_off(tmp_path):
     assert not (tmp_path / "xdg").exists()  # and 'auto' was not used behind our back
 
 
+@pytest.mark.slow  # subprocesses
+def test_a_directory_written_by_plain_jax_is_usable(tmp_path):
+    """A cache directory first filled by plain JAX (its default: unbounded, no access-time
+    files), e.g. a user's $JAX_COMPILATION_CACHE_DIR, must take new entries without warnings:
+    JAX's LRU eviction (if we turned it on) fails on such entries and skips every write."""
+    cache = tmp_path / "cache"
+    plain = (
+        f"import jax, jax.numpy as jnp; jax.config.update('jax_compilation_cache_dir', {str(cache)!r}); "
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0); "
+        "jax.jit(lambda x: jnp.sin(x).sum())(jnp.ones(4)).block_until_ready()"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
+    proc = subprocess.run([sys.executable, "-c", plain], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = entries(cache)
+    assert before and not list(cache.glob("*-atime"))  # plain JAX: entries, no access times
+    ours = "import warnings; warnings.simplefilter('error'); " + PROGRAMS.format(value=str(cache))
+    proc = subprocess.run([sys.executable, "-c", ours], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(entries(cache)) >= len(before) + 3  # the new programs were written
+
+
 def fst_train(tmp_path, name, *extra, env_extra=None):
     """A seconds-long tiny fst-train run (1 cycle) in a fresh process; its cache event counts."""
     out = tmp_path / f"{name}.json"
