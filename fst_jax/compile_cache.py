@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fst_jax import paths
 from fst_jax.errors import ConfigError
 
 KEY = "compile_cache_dir"
@@ -77,10 +78,7 @@ def prepare(value: str | None, key: str = KEY) -> str:
             "the compile cache path is a file, not a directory", key, value, _fix(key)
         )
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".fst_write_probe_{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        paths.make_writable_dir(p)
     except OSError as e:
         raise ConfigError(
             f"cannot use the compile cache directory {path} ({e.strerror or e})",

@@ -360,10 +360,7 @@ def _workdir(c: Any, ctx: CheckContext) -> None:
         raise ConfigError("workdir is a file, not a directory", "--workdir", str(w),
                           "pass a directory path (it is created if missing)")  # fmt: skip
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".fst_write_probe_{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        paths.make_writable_dir(p)
     except OSError as e:
         raise ConfigError(f"workdir is not writable ({e.strerror})", "--workdir", str(w),
                           "choose a directory you can write to") from None  # fmt: skip

@@ -202,6 +202,16 @@ class JsonlLog:
             self._stage = None
 
 
+def make_writable_dir(path: str | os.PathLike) -> None:
+    """Creates the local directory `path` (and its parents) and proves a file can be written
+    there, so a bad path fails at start-up rather than at the first save. Raises OSError."""
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".fst_write_probe_{os.getpid()}")
+    with open(probe, "wb") as f:
+        f.write(b"ok")
+    os.remove(probe)
+
+
 def truncate_jsonl(path: str | os.PathLike, offset: int) -> None:
     """Cuts an append-only JSONL file back to `offset` bytes (the rows written after a
     checkpoint get redone on resume)."""
